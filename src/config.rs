@@ -1,0 +1,174 @@
+//! The command line and its `CPOD_*` environment variables: every setting has both, and a bad
+//! value stops start-up with a message naming the setting.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::SyncMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cpod-events",
+    version,
+    about = "cPod Events: a real-time event broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings for `serve` (also accepted without the subcommand).
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (the default).
+    Serve(ServeConfig),
+}
+
+impl Cli {
+    /// The serve settings, whether or not `serve` was spelled out.
+    pub fn into_serve(self) -> ServeConfig {
+        match self.command {
+            Some(Command::Serve(config)) => config,
+            None => self.serve,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "CPOD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where events are stored: `sqlite://<path>`.
+    #[arg(
+        long,
+        env = "CPOD_DATABASE_URL",
+        default_value = "sqlite://./data/cpod-events.db",
+        value_parser = parse_database_url
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// The admin key (`cpk_` + at least 32 URL-safe characters). Unset on first start: one is
+    /// generated and printed once.
+    #[arg(long, env = "CPOD_ADMIN_KEY", hide_env_values = true, value_parser = parse_admin_key)]
+    pub admin_key: Option<String>,
+
+    /// How long events are kept, e.g. `90d`, `12h`, `30s`.
+    #[arg(long, env = "CPOD_RETENTION", default_value = "90d", value_parser = parse_positive_duration)]
+    pub retention: Duration,
+
+    /// Largest accepted event, as stored JSON, in bytes.
+    #[arg(long, env = "CPOD_MAX_EVENT_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_event_bytes: u32,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "CPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_body_bytes: u32,
+
+    /// Requests per second per key (burst: one second's worth). Unset: no limit.
+    #[arg(long, env = "CPOD_RATE_LIMIT")]
+    pub rate_limit: Option<NonZeroU32>,
+
+    /// Durability of a commit: `full` fsyncs every commit (survives power loss), `normal`
+    /// survives a crash of the broker but not of the machine, `off` never fsyncs.
+    #[arg(long, env = "CPOD_SQLITE_SYNC", value_enum, default_value = "full")]
+    pub sqlite_sync: SyncMode,
+
+    /// HTTP worker threads (default: one per CPU).
+    #[arg(long, env = "CPOD_WORKERS")]
+    pub workers: Option<NonZeroU32>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "CPOD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// A parsed `CPOD_DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+}
+
+fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
+    if let Some(path) = raw.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite://./data/cpod-events.db".into());
+        }
+        return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
+    }
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        return Err("PostgreSQL is not supported by this build yet; use sqlite://<path>".into());
+    }
+    Err("expected sqlite://<path>".into())
+}
+
+fn parse_admin_key(raw: &str) -> Result<String, String> {
+    if crate::auth::is_well_formed(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be `cpk_` followed by at least 32 URL-safe characters [A-Za-z0-9_-]".into())
+    }
+}
+
+/// A duration such as `90d`, `15s`, `1h 30m` (humantime), which must be more than zero.
+pub fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(raw.trim()).map_err(|e| format!("{e} (e.g. 90d, 15s)"))?;
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeConfig, clap::Error> {
+        let mut all = vec!["cpod-events"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(Cli::into_serve)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.retention, Duration::from_secs(90 * 86400));
+        assert_eq!(config.max_event_bytes, 65_536);
+        assert_eq!(config.sqlite_sync, SyncMode::Full);
+        assert_eq!(
+            config.database_url,
+            DatabaseUrl::Sqlite("./data/cpod-events.db".into())
+        );
+    }
+
+    #[test]
+    fn serve_subcommand_takes_the_same_settings() {
+        let config = parse(&["serve", "--retention", "30s", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(config.retention, Duration::from_secs(30));
+        assert_eq!(config.listen.port(), 0);
+    }
+
+    #[test]
+    fn bad_settings_are_named_in_the_error() {
+        for (args, name) in [
+            (&["--retention", "soon"][..], "--retention"),
+            (&["--retention", "0s"][..], "--retention"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--database-url", "mysql://x"][..], "--database-url"),
+            (&["--admin-key", "cpk_short"][..], "--admin-key"),
+            (&["--max-event-bytes", "10"][..], "--max-event-bytes"),
+        ] {
+            let message = parse(args).unwrap_err().to_string();
+            assert!(message.contains(name), "{args:?}: {message}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Which events a reader wants: an organization scope, type globs and exact fields.
+//!
+//! The glob language (contract §1): `*` matches any run of characters, dots included; every
+//! other character matches itself. Patterns may only use the characters an event type can hold
+//! plus `*`, so the same pattern means the same thing here and in SQLite's `GLOB` (which the
+//! store uses for history), where `?` and `[` would otherwise be special.
+
+use crate::event::{FieldError, MAX_TYPE_LEN, OrganizationId};
+
+/// One type pattern, e.g. `pod.*`, `*.failed`, `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypePattern(String);
+
+impl TypePattern {
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() {
+            return Err(FieldError::new("types", "a type pattern must not be empty"));
+        }
+        if raw.len() > MAX_TYPE_LEN {
+            return Err(FieldError::new(
+                "types",
+                format!("a type pattern is at most {MAX_TYPE_LEN} characters"),
+            ));
+        }
+        let allowed = |c: char| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | '*')
+        };
+        if !raw.chars().all(allowed) {
+            return Err(FieldError::new(
+                "types",
+                format!("type pattern `{raw}` may only contain [a-z0-9_.-] and `*`"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `event_type` matches this glob.
+    pub fn matches(&self, event_type: &str) -> bool {
+        glob_matches(self.0.as_bytes(), event_type.as_bytes())
+    }
+}
+
+/// Iterative glob match with `*` only: linear in practice, no recursion, no allocation.
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The organizations a reader sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgScope {
+    One(OrganizationId),
+    /// `organizationId=*`, admin only.
+    All,
+}
+
+impl OrgScope {
+    pub fn includes(&self, organization_id: &str) -> bool {
+        match self {
+            OrgScope::One(org) => org.as_str() == organization_id,
+            OrgScope::All => true,
+        }
+    }
+}
+
+/// A reader's filter: what history returns and what a stream delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub organization: OrgScope,
+    /// Empty means every type.
+    pub types: Vec<TypePattern>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    pub workspace_id: Option<String>,
+}
+
+/// The fields of an event a filter looks at.
+pub struct EventKey<'a> {
+    pub organization_id: &'a str,
+    pub event_type: &'a str,
+    pub resource_type: &'a str,
+    pub resource_id: &'a str,
+    pub workspace_id: Option<&'a str>,
+}
+
+impl Filter {
+    pub fn for_scope(organization: OrgScope) -> Self {
+        Self {
+            organization,
+            types: Vec::new(),
+            resource_type: None,
+            resource_id: None,
+            workspace_id: None,
+        }
+    }
+
+    pub fn matches(&self, event: &EventKey<'_>) -> bool {
+        self.organization.includes(event.organization_id)
+            && (self.types.is_empty() || self.types.iter().any(|p| p.matches(event.event_type)))
+            && self
+                .resource_type
+                .as_deref()
+                .is_none_or(|v| v == event.resource_type)
+            && self
+                .resource_id
+                .as_deref()
+                .is_none_or(|v| v == event.resource_id)
+            && self
+                .workspace_id
+                .as_deref()
+                .is_none_or(|v| Some(v) == event.workspace_id)
+    }
+}
+
+/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`).
+pub fn parse_type_list<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<TypePattern>, FieldError> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|p| TypePattern::parse(p.trim()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(p: &str) -> TypePattern {
+        TypePattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn globs_match_as_the_contract_says() {
+        let table = [
+            ("pod.*", "pod.failed", true),
+            ("pod.*", "pod", false),
+            ("pod.*", "person.created", false),
+            ("custom.*", "custom.report.generated", true),
+            ("*.failed", "pod.failed", true),
+            ("*.failed", "job.failed", true),
+            ("*.failed", "job.completed", false),
+            ("*", "anything.at.all", true),
+            ("pod.failed", "pod.failed", true),
+            ("pod.failed", "pod.failedx", false),
+            ("p*d.*ed", "pod.failed", true),
+            ("*o*.*", "pod.failed", true),
+            ("custom.*.generated", "custom.report.generated", true),
+            ("custom.*.generated", "custom.generated", false),
+            ("**", "x.y", true),
+            (
+                "a*a*a*a*b",
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                false,
+            ),
+        ];
+        for (p, t, expected) in table {
+            assert_eq!(pattern(p).matches(t), expected, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn patterns_with_other_characters_are_refused() {
+        for p in ["", "Pod.*", "pod.?", "pod.[a]", "a b", "pod/*"] {
+            assert!(TypePattern::parse(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn type_lists_split_on_commas_and_repeat() {
+        let list = parse_type_list(["pod.*,job.failed", "custom.*"]).unwrap();
+        let names: Vec<&str> = list.iter().map(TypePattern::as_str).collect();
+        assert_eq!(names, ["pod.*", "job.failed", "custom.*"]);
+        assert!(parse_type_list(["pod.*,"]).is_err());
+    }
+
+    #[test]
+    fn a_filter_checks_every_field() {
+        let org = OrganizationId::parse("org-1").unwrap();
+        let event = EventKey {
+            organization_id: "org-1",
+            event_type: "pod.failed",
+            resource_type: "pod",
+            resource_id: "p1",
+            workspace_id: Some("ws"),
+        };
+        let mut filter = Filter::for_scope(OrgScope::One(org.clone()));
+        assert!(filter.matches(&event));
+        filter.types = vec![pattern("job.*"), pattern("*.failed")];
+        assert!(filter.matches(&event));
+        filter.resource_type = Some("pod".into());
+        filter.resource_id = Some("p1".into());
+        filter.workspace_id = Some("ws".into());
+        assert!(filter.matches(&event));
+        filter.workspace_id = Some("other".into());
+        assert!(!filter.matches(&event));
+        filter.workspace_id = None;
+        filter.types = vec![pattern("job.*")];
+        assert!(!filter.matches(&event));
+        let other_org = Filter::for_scope(OrgScope::One(OrganizationId::parse("org-2").unwrap()));
+        assert!(!other_org.matches(&event));
+        assert!(Filter::for_scope(OrgScope::All).matches(&event));
+    }
+}

@@ -1,0 +1,313 @@
+//! `GET /v1/events` and `GET /v1/events/{id}` (contract §4).
+//!
+//! A cursor is the position of the last event of a page plus the page's direction, opaque to
+//! clients. Positions only grow, so "after position p" (ascending) and "before position p"
+//! (descending) never repeat or skip an event however many arrive between pages.
+
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, NaiveDate};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::event::{ResourceId, ResourceType, WorkspaceId};
+use crate::filter::{Filter, parse_type_list};
+use crate::http::{QueryParams, parse_id};
+use crate::startup::AppState;
+use crate::store::{HistoryQuery, Order};
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 1000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/events")
+            .route(web::get().to(list_events))
+            .route(crate::http::ingest::post_route())
+            .default_service(web::to(crate::error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/events/{id}")
+            .route(web::get().to(get_event))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// Page through stored events.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(crate::openapi::HistoryParams),
+    responses(
+        (status = 200, description = "One page", body = crate::openapi::EventPage),
+        (status = 400, description = "A parameter is invalid; `param` names it", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 429, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_events(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut params = QueryParams::parse(&req)?;
+    let filter = parse_filter(&principal, &mut params)?;
+    let since_ms = params
+        .take_one("since")?
+        .map(|v| parse_time("since", &v))
+        .transpose()?;
+    let until_ms = params
+        .take_one("until")?
+        .map(|v| parse_time("until", &v))
+        .transpose()?;
+    let limit = match params.take_one("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let order = match params.take_one("order")?.as_deref() {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(_) => return Err(ApiError::invalid("order", "order must be `asc` or `desc`")),
+    };
+    let after_position = params
+        .take_one("cursor")?
+        .map(|c| Cursor::decode(&c))
+        .transpose()?
+        .map(|cursor| {
+            if cursor.order == order {
+                Ok(cursor.position)
+            } else {
+                Err(ApiError::invalid(
+                    "cursor",
+                    "this cursor belongs to the other order",
+                ))
+            }
+        })
+        .transpose()?;
+    params.finish()?;
+
+    let page = state
+        .store
+        .history(HistoryQuery {
+            filter,
+            since_ms,
+            until_ms,
+            after_position,
+            order,
+            limit,
+        })
+        .await?;
+    let next_cursor = match (page.has_more, page.last_position) {
+        (true, Some(position)) => Some(Cursor { position, order }.encode()),
+        _ => None,
+    };
+    let mut body =
+        BytesMut::with_capacity(page.events.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
+    body.put_slice(b"{\"data\":[");
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(event);
+    }
+    body.put_slice(b"],\"hasMore\":");
+    body.put_slice(if page.has_more { b"true" } else { b"false" });
+    body.put_slice(b",\"nextCursor\":");
+    match next_cursor {
+        Some(cursor) => body.put_slice(
+            serde_json::to_string(&cursor)
+                .expect("a string serializes")
+                .as_bytes(),
+        ),
+        None => body.put_slice(b"null"),
+    }
+    body.put_u8(b'}');
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(body.freeze()))
+}
+
+/// One event by id.
+#[utoipa::path(
+    get, path = "/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "The event's id")),
+    responses(
+        (status = 200, body = crate::event::Event),
+        (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_event(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "event")?;
+    // An admin key sees every organization's events by id; other keys only their own.
+    let scope = match &principal.organization_id {
+        Some(org) => crate::filter::OrgScope::One(org.clone()),
+        None => crate::filter::OrgScope::All,
+    };
+    let json = state
+        .store
+        .event_json(id, scope)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(json))
+}
+
+/// The filter parameters shared by history and streams.
+pub fn parse_filter(principal: &Principal, params: &mut QueryParams) -> Result<Filter, ApiError> {
+    let organization = principal.read_scope(params.take_one("organizationId")?.as_deref())?;
+    let types = params.take_all("types");
+    let types = parse_type_list(types.iter().map(String::as_str))?;
+    let resource_type = params
+        .take_one("resourceType")?
+        .map(|v| ResourceType::parse(&v).map(|t| t.as_str().to_owned()))
+        .transpose()?;
+    let resource_id = params
+        .take_one("resourceId")?
+        .map(|v| ResourceId::parse(&v).map(|t| t.as_str().to_owned()))
+        .transpose()?;
+    let workspace_id = params
+        .take_one("workspaceId")?
+        .map(|v| WorkspaceId::parse(&v).map(|t| t.as_str().to_owned()))
+        .transpose()?;
+    Ok(Filter {
+        organization,
+        types,
+        resource_type,
+        resource_id,
+        workspace_id,
+    })
+}
+
+/// An ISO 8601 time: RFC 3339 with any offset, or a bare date (midnight UTC). A `+` offset
+/// that arrived unencoded (decoded as a space) is read as `+`.
+pub fn parse_time(param: &str, raw: &str) -> Result<i64, ApiError> {
+    let text = raw.trim().replace(' ', "+");
+    if let Ok(time) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(time.timestamp_millis());
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_millis());
+    }
+    Err(ApiError::invalid(
+        param,
+        format!("{param} must be an ISO 8601 time such as 2026-05-01T12:00:00Z"),
+    ))
+}
+
+/// The opaque `nextCursor`: a position and the direction it was read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    position: i64,
+    order: Order,
+}
+
+impl Cursor {
+    fn encode(self) -> String {
+        let direction = match self.order {
+            Order::Asc => 'a',
+            Order::Desc => 'd',
+        };
+        URL_SAFE_NO_PAD.encode(format!("v1.{direction}.{}", self.position))
+    }
+
+    fn decode(raw: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::invalid("cursor", "cursor is not a nextCursor this broker gave");
+        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = text.split('.');
+        let (Some("v1"), Some(direction), Some(position), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let order = match direction {
+            "a" => Order::Asc,
+            "d" => Order::Desc,
+            _ => return Err(invalid()),
+        };
+        let position = position
+            .parse::<i64>()
+            .ok()
+            .filter(|p| *p >= 0)
+            .ok_or_else(invalid)?;
+        Ok(Self { position, order })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_forgeries() {
+        for cursor in [
+            Cursor {
+                position: 0,
+                order: Order::Asc,
+            },
+            Cursor {
+                position: 123_456_789,
+                order: Order::Desc,
+            },
+        ] {
+            assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        }
+        for bad in [
+            "",
+            "!!",
+            "djEuYS4",
+            "eHl6",
+            &URL_SAFE_NO_PAD.encode("v1.x.5"),
+            &URL_SAFE_NO_PAD.encode("v1.a.-5"),
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_parse_in_the_usual_iso_forms() {
+        assert_eq!(
+            parse_time("since", "2026-05-01T12:00:00.123Z").unwrap(),
+            1_777_636_800_123
+        );
+        assert_eq!(
+            parse_time("since", "2026-05-01T14:00:00+02:00").unwrap(),
+            1_777_636_800_000
+        );
+        assert_eq!(
+            parse_time("since", "2026-05-01T14:00:00 02:00").unwrap(),
+            1_777_636_800_000
+        );
+        assert_eq!(
+            parse_time("since", "2026-05-01").unwrap(),
+            1_777_593_600_000
+        );
+        assert!(matches!(
+            parse_time("until", "yesterday"),
+            Err(ApiError::InvalidRequest { param: Some(p), .. }) if p == "until"
+        ));
+    }
+}

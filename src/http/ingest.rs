@@ -1,0 +1,245 @@
+//! `POST /v1/events` and `POST /v1/events/batch` (contract §3): the start of the data path.
+//!
+//! Checks run in the contract's order: key (401), content type (415), body size (413), JSON and
+//! the event rules (400), then permission (403) and the stored size of each event (413). Only
+//! then does the request reach the store, which answers once the events are committed.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::event::{EventDraft, NewEvent};
+use crate::http::{parse_json, read_body, require_json_content_type};
+use crate::startup::AppState;
+use crate::store::{AppendOutcome, AppendRequest, IdempotencyClaim, IngestEndpoint};
+
+pub const MAX_BATCH: usize = 1000;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/events/batch")
+            .route(web::post().to(post_batch))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// The POST half of `/v1/events` (the GET half is history); registered by `history`.
+pub fn post_route() -> actix_web::Route {
+    web::post().to(post_event)
+}
+
+/// Store one event.
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    request_body(content = crate::openapi::NewEventBody, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
+    responses(
+        (status = 201, description = "Stored (durable)", body = crate::event::Event),
+        (status = 400, description = "Invalid event", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = crate::openapi::ErrorBody),
+        (status = 413, body = crate::openapi::ErrorBody), (status = 415, body = crate::openapi::ErrorBody),
+        (status = 429, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_event(
+    req: HttpRequest,
+    principal: Principal,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_json_content_type(&req)?;
+    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+    let idempotency = idempotency_claim(&req, &principal, &body)?;
+    let draft = EventDraft::from_json(parse_json(&body)?)?;
+    let event = admit(&principal, draft, state.limits.max_event_bytes)
+        .map_err(|e| e.into_api_error(None))?;
+    let outcome = state
+        .store
+        .append(AppendRequest {
+            endpoint: IngestEndpoint::Single,
+            events: vec![event],
+            idempotency,
+        })
+        .await?;
+    Ok(created(outcome))
+}
+
+/// Store up to 1,000 events atomically.
+#[utoipa::path(
+    post, path = "/v1/events/batch", tag = "events",
+    request_body(content = crate::openapi::BatchBody, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
+    responses(
+        (status = 201, description = "All stored, in order", body = crate::openapi::EventList),
+        (status = 400, description = "An event is invalid; `param` names its index", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 409, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody),
+        (status = 415, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_batch(
+    req: HttpRequest,
+    principal: Principal,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_json_content_type(&req)?;
+    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+    let idempotency = idempotency_claim(&req, &principal, &body)?;
+    let items = batch_items(parse_json(&body)?)?;
+    // Validity of every event first (400), then permissions and sizes (403, 413).
+    let drafts = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            EventDraft::from_json(item).map_err(|e| ApiError::invalid_at("events", i, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut events = Vec::with_capacity(drafts.len());
+    for (i, draft) in drafts.into_iter().enumerate() {
+        events.push(
+            admit(&principal, draft, state.limits.max_event_bytes)
+                .map_err(|e| e.into_api_error(Some(i)))?,
+        );
+    }
+    metrics::histogram!("cpod_ingest_batch_events").record(events.len() as f64);
+    let outcome = state
+        .store
+        .append(AppendRequest {
+            endpoint: IngestEndpoint::Batch,
+            events,
+            idempotency,
+        })
+        .await?;
+    Ok(created(outcome))
+}
+
+fn batch_items(body: Value) -> Result<Vec<Value>, ApiError> {
+    let Value::Object(mut object) = body else {
+        return Err(ApiError::invalid_body(
+            "the body must be an object: {\"events\": [...]}",
+        ));
+    };
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "events") {
+        return Err(ApiError::invalid_body(format!(
+            "unknown field `{unknown}`; a batch is {{\"events\": [...]}}"
+        )));
+    }
+    match object.remove("events") {
+        Some(Value::Array(items)) if (1..=MAX_BATCH).contains(&items.len()) => Ok(items),
+        Some(Value::Array(items)) => Err(ApiError::invalid(
+            "events",
+            format!("a batch holds 1 to {MAX_BATCH} events, not {}", items.len()),
+        )),
+        None | Some(Value::Null) => Err(ApiError::invalid("events", "events is required")),
+        Some(other) => Err(ApiError::invalid(
+            "events",
+            format!(
+                "events must be an array, not {}",
+                crate::event::json_kind(&other)
+            ),
+        )),
+    }
+}
+
+/// Why an event that parsed may still not be stored.
+enum Refusal {
+    Forbidden(String),
+    TooLarge(usize, usize),
+    Api(ApiError),
+}
+
+impl Refusal {
+    fn into_api_error(self, index: Option<usize>) -> ApiError {
+        let at = |m: String| match index {
+            Some(i) => format!("events[{i}]: {m}"),
+            None => m,
+        };
+        match (self, index) {
+            (Refusal::Forbidden(m), _) => ApiError::Forbidden(at(m)),
+            (Refusal::TooLarge(size, max), _) => ApiError::PayloadTooLarge(at(format!(
+                "the event's JSON is {size} bytes; the limit is {max}"
+            ))),
+            (Refusal::Api(ApiError::InvalidRequest { message, param }), Some(i)) => {
+                ApiError::InvalidRequest {
+                    message: at(message),
+                    param: param.map(|p| format!("events[{i}].{p}")),
+                }
+            }
+            (Refusal::Api(ApiError::Forbidden(m)), _) => ApiError::Forbidden(at(m)),
+            (Refusal::Api(other), _) => other,
+        }
+    }
+}
+
+/// Gives a parsed event its organization and checks that this key may store it.
+fn admit(
+    principal: &Principal,
+    draft: EventDraft,
+    max_event_bytes: usize,
+) -> Result<NewEvent, Refusal> {
+    let organization_id = principal
+        .organization(draft.organization_id.as_ref(), "organizationId")
+        .map_err(Refusal::Api)?;
+    if !principal.role.may_emit(&draft.event_type) {
+        return Err(Refusal::Forbidden(format!(
+            "a {} key may not emit {}",
+            principal.role.as_str(),
+            draft.event_type.as_str()
+        )));
+    }
+    let event = NewEvent::new(
+        draft.event_type,
+        draft.resource_id,
+        draft.resource_type,
+        organization_id,
+        draft.workspace_id,
+        &draft.payload,
+    );
+    if event.json_len() > max_event_bytes {
+        return Err(Refusal::TooLarge(event.json_len(), max_event_bytes));
+    }
+    Ok(event)
+}
+
+fn idempotency_claim(
+    req: &HttpRequest,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<Option<IdempotencyClaim>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let param = "Idempotency-Key";
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid(param, "Idempotency-Key must be printable ASCII"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::invalid(
+            param,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
+        ));
+    }
+    Ok(Some(IdempotencyClaim {
+        scope: principal.idempotency_scope(),
+        key: key.to_owned(),
+        request_hash: Sha256::digest(body).into(),
+    }))
+}
+
+fn created(outcome: AppendOutcome) -> HttpResponse {
+    let mut response = HttpResponse::build(StatusCode::CREATED);
+    response.insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    if outcome.replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.body(outcome.body)
+}

@@ -1,0 +1,284 @@
+//! `/v1/keys`: create, list and revoke API keys (contract §2).
+//!
+//! Creating or revoking an organization's key stores a `credential.created` /
+//! `credential.revoked` event in the same transaction, so the audit trail and the key table
+//! never disagree. Another organization's key is 404, exactly as if it did not exist.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role, generate_key};
+use crate::error::ApiError;
+use crate::event::{
+    EventType, NewEvent, OrganizationId, ResourceId, ResourceType, format_timestamp, unix_now_ms,
+};
+use crate::http::{QueryParams, parse_id, parse_json, read_body, require_json_content_type};
+use crate::startup::AppState;
+use crate::store::{KeyRecord, NewKey};
+
+pub const MAX_NAME_LEN: usize = 200;
+/// Key bodies are tiny; anything larger is a mistake.
+const MAX_KEY_BODY: usize = 16 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/keys")
+            .route(web::post().to(create_key))
+            .route(web::get().to(list_keys))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/keys/{id}")
+            .route(web::delete().to(revoke_key))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// A key as listed: never its secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyView {
+    pub id: Uuid,
+    pub organization_id: Option<String>,
+    pub role: Role,
+    pub name: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl From<&KeyRecord> for KeyView {
+    fn from(record: &KeyRecord) -> Self {
+        Self {
+            id: record.id,
+            organization_id: record
+                .organization_id
+                .as_ref()
+                .map(|o| o.as_str().to_owned()),
+            role: record.role,
+            name: record.name.clone(),
+            created_at: format_timestamp(record.created_ms),
+            revoked_at: record.revoked_ms.map(format_timestamp),
+        }
+    }
+}
+
+/// A new key: the view plus the secret, shown this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub view: KeyView,
+    pub key: String,
+}
+
+/// Create a key; the secret is in the answer and nowhere else.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body(content = crate::openapi::NewKeyBody, content_type = "application/json"),
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not admin, or a service key asking for a service key", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_key(
+    req: HttpRequest,
+    principal: Principal,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Admin, Role::Service])?;
+    require_json_content_type(&req)?;
+    let body = read_body(&req, payload, MAX_KEY_BODY).await?;
+    let Value::Object(mut fields) = parse_json(&body)? else {
+        return Err(ApiError::invalid_body("the body must be a JSON object"));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["organizationId", "role", "name"].contains(&k.as_str()))
+    {
+        return Err(ApiError::invalid_body(format!(
+            "unknown field `{unknown}`; a key has organizationId, role and name"
+        )));
+    }
+    let role = match fields.remove("role") {
+        Some(Value::String(r)) => match r.parse::<Role>() {
+            Ok(Role::Admin) => {
+                return Err(ApiError::invalid(
+                    "role",
+                    "admin keys are not made through the API; set CPOD_ADMIN_KEY",
+                ));
+            }
+            Ok(role) => role,
+            Err(()) => {
+                return Err(ApiError::invalid(
+                    "role",
+                    "role must be service, app or reader",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "role",
+                "role is required: service, app or reader",
+            ));
+        }
+    };
+    let name = match fields.remove("name") {
+        Some(Value::String(n)) if !n.trim().is_empty() && n.chars().count() <= MAX_NAME_LEN => n,
+        _ => {
+            return Err(ApiError::invalid(
+                "name",
+                format!(
+                    "name is required: a non-empty string of at most {MAX_NAME_LEN} characters"
+                ),
+            ));
+        }
+    };
+    let requested_org = match fields.remove("organizationId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(o)) => Some(OrganizationId::parse(&o)?),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "organizationId",
+                "organizationId must be a string",
+            ));
+        }
+    };
+    let organization_id = principal.organization(requested_org.as_ref(), "organizationId")?;
+    if !principal.role.may_manage(role) {
+        return Err(ApiError::Forbidden(format!(
+            "a {} key may not create {} keys",
+            principal.role.as_str(),
+            role.as_str()
+        )));
+    }
+
+    let generated = generate_key();
+    let record = KeyRecord {
+        id: Uuid::now_v7(),
+        organization_id: Some(organization_id.clone()),
+        role,
+        name,
+        created_ms: unix_now_ms(),
+        revoked_ms: None,
+    };
+    let event = credential_event(EventType::credential_created(), &record, &organization_id);
+    state
+        .store
+        .create_key(
+            NewKey {
+                record: record.clone(),
+                secret_hash: generated.hash,
+            },
+            Some(event),
+        )
+        .await?;
+    tracing::info!(key_id = %record.id, organization = organization_id.as_str(), role = role.as_str(), "key created");
+    Ok(HttpResponse::Created().json(CreatedKey {
+        view: KeyView::from(&record),
+        key: generated.secret,
+    }))
+}
+
+/// List active keys (admin: every organization, or one with `organizationId`; service: its own).
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    params(("organizationId" = Option<String>, Query, description = "Admin only: one organization's keys")),
+    responses(
+        (status = 200, body = crate::openapi::KeyList),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_keys(
+    req: HttpRequest,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Admin, Role::Service])?;
+    let mut params = QueryParams::parse(&req)?;
+    let requested = params
+        .take_one("organizationId")?
+        .map(|o| OrganizationId::parse(&o))
+        .transpose()?;
+    params.finish()?;
+    let organization = match principal.role {
+        Role::Admin => requested,
+        _ => Some(principal.organization(requested.as_ref(), "organizationId")?),
+    };
+    let keys = state.store.active_keys(organization).await?;
+    let data: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
+/// Revoke a key: it gets 401 from then on.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "Revoked", body = KeyView),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn revoke_key(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Admin, Role::Service])?;
+    let id = parse_id(&path, "key")?;
+    let record = state
+        .store
+        .active_key(id)
+        .await?
+        .filter(|k| {
+            principal.organization_id.is_none() || k.organization_id == principal.organization_id
+        })
+        .ok_or_else(|| ApiError::not_found("key"))?;
+    if !principal.role.may_manage(record.role) {
+        return Err(ApiError::Forbidden(format!(
+            "a {} key may not revoke {} keys",
+            principal.role.as_str(),
+            record.role.as_str()
+        )));
+    }
+    let event = record
+        .organization_id
+        .as_ref()
+        .map(|org| credential_event(EventType::credential_revoked(), &record, org));
+    state
+        .store
+        .revoke_key(id, event)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::not_found("key"),
+            other => other.into(),
+        })?;
+    state.auth.evict(id);
+    tracing::info!(key_id = %id, "key revoked");
+    let mut view = KeyView::from(&record);
+    view.revoked_at = Some(format_timestamp(unix_now_ms()));
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `credential.created` / `credential.revoked`: the key's name and role, never its secret.
+fn credential_event(event_type: EventType, record: &KeyRecord, org: &OrganizationId) -> NewEvent {
+    let mut payload = Map::new();
+    payload.insert("name".into(), Value::String(record.name.clone()));
+    payload.insert("role".into(), Value::String(record.role.as_str().into()));
+    NewEvent::new(
+        event_type,
+        ResourceId::parse(&record.id.to_string()).expect("a UUID is a valid resource id"),
+        ResourceType::parse("credential").expect("`credential` is a valid resource type"),
+        org.clone(),
+        None,
+        &payload,
+    )
+}

@@ -1,0 +1,33 @@
+//! cPod Events: a real-time event broker.
+//!
+//! The data path, in the order an event travels it:
+//!
+//! - [`http::ingest`]   — `POST /v1/events[/batch]`: parse, validate, authorize
+//! - [`event`]          — the event, its validated fields and its wire JSON
+//! - [`store`]          — SQLite, one writer thread with group commit; positions, idempotency
+//! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
+//!
+//! Around it:
+//!
+//! - [`config`]     — flags and `CPOD_*` variables
+//! - [`startup`]    — builds the application, runs it, shuts it down
+//! - [`auth`]       — keys, roles, the `Principal` extractor, the per-key rate limit
+//! - [`filter`]     — organization scope, type globs, exact fields
+//! - [`error`]      — the one JSON error type
+//! - [`http::keys`] — `/v1/keys`
+//! - [`http::ops`]  — `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
+//! - [`retention`]  — pruning of expired events
+//! - [`telemetry`]  — logs, the Prometheus recorder, request metrics
+//! - [`openapi`]    — the generated OpenAPI document
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod filter;
+pub mod http;
+pub mod openapi;
+pub mod retention;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,142 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, generated from the handlers'
+//! `#[utoipa::path]` annotations, plus the schema-only types that describe bodies the handlers
+//! read by hand (strictly, to name the field at fault).
+
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::event::Event;
+use crate::http::keys::{CreatedKey, KeyView};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cPod Events", description = "A real-time event broker: durable ingestion, history, keys."),
+    paths(
+        crate::http::ingest::post_event,
+        crate::http::ingest::post_batch,
+        crate::http::history::list_events,
+        crate::http::history::get_event,
+        crate::http::keys::create_key,
+        crate::http::keys::list_keys,
+        crate::http::keys::revoke_key,
+        crate::http::ops::healthz,
+        crate::http::ops::readyz,
+        crate::http::ops::metrics,
+        crate::http::ops::openapi_json,
+    ),
+    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey)),
+    modifiers(&BearerAuth),
+    tags((name = "events"), (name = "keys"), (name = "operations"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// `{"error": {"code", "message", "param"}}`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// invalid_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
+    /// unsupported_media_type, rate_limited, internal.
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+}
+
+/// The body of `POST /v1/events`; unknown fields are refused.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewEventBody {
+    /// e.g. `pod.failed`, `custom.report.generated`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub resource_id: String,
+    pub resource_type: String,
+    /// Admin keys only (and required there); other keys may only name their own.
+    pub organization_id: Option<String>,
+    pub workspace_id: Option<String>,
+    /// A JSON object; absent or null means `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BatchBody {
+    /// 1 to 1000 events, stored all or none.
+    pub events: Vec<NewEventBody>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<Event>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    pub data: Vec<Event>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewKeyBody {
+    /// Required for admin keys; service keys may only name their own.
+    pub organization_id: Option<String>,
+    /// service, app or reader.
+    pub role: String,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub data: Vec<KeyView>,
+}
+
+/// The history filters.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct HistoryParams {
+    /// Required for admin keys (`*`: every organization).
+    organization_id: Option<String>,
+    /// Type globs, comma-separated or repeated: `pod.*,job.failed`.
+    types: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    workspace_id: Option<String>,
+    /// ISO 8601, inclusive.
+    since: Option<String>,
+    /// ISO 8601, exclusive.
+    until: Option<String>,
+    /// 1 to 1000, default 50.
+    limit: Option<u32>,
+    /// `desc` (default) or `asc`.
+    order: Option<String>,
+    /// The previous page's `nextCursor`.
+    cursor: Option<String>,
+}
+
+/// The document as JSON text.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the OpenAPI document serializes")
+}

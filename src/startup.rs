@@ -1,0 +1,217 @@
+//! Builds the broker from its configuration and runs it until told to stop.
+//!
+//! [`Application::build`] opens the store, installs the admin key, binds the listener (port 0
+//! works) and wires the routes; [`Application::run_until_stopped`] serves until the shutdown
+//! token is cancelled, then stops accepting, lets in-flight requests finish, flushes the store
+//! and returns.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::{Authenticator, Role, generate_key, hash_secret};
+use crate::config::{DatabaseUrl, ServeConfig};
+use crate::event::unix_now_ms;
+use crate::store::{KeyRecord, NewKey, Store, StoreConfig};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const GRACEFUL_TIMEOUT_SECS: u64 = 5;
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_body_bytes: usize,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Store,
+    pub auth: Authenticator,
+    pub limits: Limits,
+    /// The OpenAPI document, rendered once.
+    pub openapi: String,
+}
+
+pub struct Application {
+    server: Server,
+    handle: ServerHandle,
+    address: SocketAddr,
+    store: Store,
+    shutdown: CancellationToken,
+    generated_admin_key: Option<String>,
+    retention_task: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
+        let DatabaseUrl::Sqlite(path) = &config.database_url;
+        let store = Store::open(&StoreConfig {
+            path: path.clone(),
+            sync: config.sqlite_sync,
+            retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
+            readers: 4,
+        })
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
+
+        crate::telemetry::prometheus();
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            auth: Authenticator::new(store.clone(), config.rate_limit),
+            limits: Limits {
+                max_event_bytes: config.max_event_bytes as usize,
+                max_body_bytes: config.max_body_bytes as usize,
+            },
+            openapi: crate::openapi::document(),
+        });
+
+        let listener = TcpListener::bind(config.listen)
+            .with_context(|| format!("cannot listen on {} (CPOD_LISTEN)", config.listen))?;
+        let address = listener.local_addr()?;
+        let workers = config
+            .workers
+            .map(|n| n.get() as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(crate::telemetry::record_request))
+                .configure(crate::http::configure)
+                .default_service(web::to(crate::error::unknown_route))
+        })
+        .workers(workers)
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
+        .listen(listener)?
+        .run();
+
+        let shutdown = CancellationToken::new();
+        let retention_task = tokio::spawn(crate::retention::run(
+            store.clone(),
+            crate::retention::prune_interval(config.retention),
+            shutdown.clone(),
+        ));
+        let upkeep = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = upkeep.cancelled() => return,
+                    _ = ticker.tick() => crate::telemetry::prometheus().run_upkeep(),
+                }
+            }
+        });
+        Ok(Self {
+            handle: server.handle(),
+            server,
+            address,
+            store,
+            shutdown,
+            generated_admin_key,
+            retention_task,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The admin key made on this start, when `CPOD_ADMIN_KEY` was unset and none existed.
+    pub fn generated_admin_key(&self) -> Option<&str> {
+        self.generated_admin_key.as_deref()
+    }
+
+    /// Cancelling this token stops the broker gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            server,
+            handle,
+            store,
+            shutdown,
+            retention_task,
+            ..
+        } = self;
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.stop(true).await;
+            })
+        };
+        let served = server.await;
+        shutdown.cancel();
+        let _ = stopper.await;
+        let _ = retention_task.await;
+        store.close().await;
+        served.context("the HTTP server failed")
+    }
+}
+
+/// Installs `CPOD_ADMIN_KEY`, or on a first start without one makes an admin key and returns
+/// it so that it can be printed once.
+async fn install_admin_key(
+    store: &Store,
+    configured: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let (secret, hash) = match configured {
+        Some(secret) => (secret.to_owned(), hash_secret(secret)),
+        None => {
+            let generated = generate_key();
+            (generated.secret, generated.hash)
+        }
+    };
+    let key = NewKey {
+        record: KeyRecord {
+            id: Uuid::now_v7(),
+            organization_id: None,
+            role: Role::Admin,
+            name: if configured.is_some() {
+                "admin (CPOD_ADMIN_KEY)"
+            } else {
+                "admin (generated)"
+            }
+            .into(),
+            created_ms: unix_now_ms(),
+            revoked_ms: None,
+        },
+        secret_hash: hash,
+    };
+    let inserted = store
+        .bootstrap_admin(key, configured.is_some())
+        .await
+        .context("cannot install the admin key")?;
+    Ok((inserted && configured.is_none()).then_some(secret))
+}
+
+/// Waits for SIGTERM or SIGINT, then cancels `token`.
+pub async fn cancel_on_signal(token: Arc<CancellationToken>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,896 @@
+//! The SQLite store: one writer thread with group commit, a pool of read-only connections.
+//!
+//! The writer takes the first command off its queue, then every command already waiting (up
+//! to [`MAX_GROUP`]), applies them all in one `BEGIN IMMEDIATE` transaction — each inside its
+//! own savepoint, so one command's failure never undoes another's work — commits once, and only
+//! then answers each caller. Idempotency is decided inside the writer, so two identical requests
+//! racing each other are serialized here and can never both store events.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::migrations::migrate;
+use super::{
+    AppendOutcome, AppendRequest, HistoryPage, HistoryQuery, IDEMPOTENCY_WINDOW_MS, KeyRecord,
+    NewKey, Order, PruneReport, StoreConfig, StoreError, StoredEvent, SyncMode,
+};
+use crate::event::{NewEvent, OrganizationId, unix_now_ms};
+use crate::filter::{Filter, OrgScope};
+
+/// The most commands one transaction takes, so one commit never grows without bound.
+const MAX_GROUP: usize = 512;
+/// Capacity of the writer's queue; callers wait (back-pressure) when it is full.
+const QUEUE_CAPACITY: usize = 8192;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Append(AppendRequest, Reply<AppendOutcome>),
+    CreateKey(NewKey, Option<NewEvent>, Reply<Option<Arc<StoredEvent>>>),
+    RevokeKey(Uuid, Option<NewEvent>, Reply<Option<Arc<StoredEvent>>>),
+    BootstrapAdmin {
+        key: NewKey,
+        configured: bool,
+        reply: Reply<bool>,
+    },
+    Prune {
+        events_before_ms: i64,
+        idempotency_before_ms: i64,
+        batch: usize,
+        reply: Reply<PruneReport>,
+    },
+    Shutdown,
+}
+
+/// A cheap-clone handle on the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    readers: ReaderPool,
+    retention_ms: i64,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, migrates it and starts the writer thread.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        }
+        let mut conn = Connection::open_with_flags(
+            &config.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open the database {}", config.path.display()))?;
+        let journal: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(anyhow::anyhow!("the database refused WAL mode (got {journal})").into());
+        }
+        let synchronous = match config.sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Off => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -32_000)?;
+        migrate(&mut conn).context("cannot migrate the database schema")?;
+
+        let readers = ReaderPool::open(&config.path, config.readers.max(1))?;
+        let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer::new(conn)?;
+        let handle = std::thread::Builder::new()
+            .name("cpod-store-writer".into())
+            .spawn(move || writer.run(queue))
+            .context("cannot start the store writer thread")?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                commands,
+                readers,
+                retention_ms: config.retention_ms,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a single event or an atomic batch, honouring its idempotency key.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        self.command(|reply| Command::Append(request, reply)).await
+    }
+
+    /// Inserts a key and, in the same transaction, its `credential.created` event.
+    pub async fn create_key(
+        &self,
+        key: NewKey,
+        event: Option<NewEvent>,
+    ) -> Result<Option<Arc<StoredEvent>>, StoreError> {
+        self.command(|reply| Command::CreateKey(key, event, reply))
+            .await
+    }
+
+    /// Revokes an active key and, in the same transaction, stores its `credential.revoked`
+    /// event. `NotFound` when the key is unknown or already revoked.
+    pub async fn revoke_key(
+        &self,
+        id: Uuid,
+        event: Option<NewEvent>,
+    ) -> Result<Option<Arc<StoredEvent>>, StoreError> {
+        self.command(|reply| Command::RevokeKey(id, event, reply))
+            .await
+    }
+
+    /// Installs the admin key. With `configured` (from `CPOD_ADMIN_KEY`) the key is made active
+    /// and any other configured or generated admin key is revoked; otherwise the key is inserted
+    /// only when no admin key is active. Answers whether `key` was inserted.
+    pub async fn bootstrap_admin(&self, key: NewKey, configured: bool) -> Result<bool, StoreError> {
+        self.command(|reply| Command::BootstrapAdmin {
+            key,
+            configured,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes at most `batch` expired events and idempotency records, oldest first.
+    pub async fn prune(&self, now_ms: i64, batch: usize) -> Result<PruneReport, StoreError> {
+        let events_before_ms = now_ms - self.inner.retention_ms;
+        let idempotency_before_ms = now_ms - IDEMPOTENCY_WINDOW_MS;
+        self.command(|reply| Command::Prune {
+            events_before_ms,
+            idempotency_before_ms,
+            batch,
+            reply,
+        })
+        .await
+    }
+
+    /// The oldest timestamp still visible: retention hides everything before it at once.
+    pub fn retention_horizon_ms(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.inner.retention_ms)
+    }
+
+    /// One page of history.
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let horizon = self.retention_horizon_ms(unix_now_ms());
+        self.inner
+            .readers
+            .read(move |conn| read_history(conn, &query, horizon))
+            .await
+    }
+
+    /// An event's JSON by id, if it exists, is in scope and has not expired.
+    pub async fn event_json(&self, id: Uuid, scope: OrgScope) -> Result<Option<Bytes>, StoreError> {
+        let horizon = self.retention_horizon_ms(unix_now_ms());
+        self.inner
+            .readers
+            .read(move |conn| {
+                let row: Option<(String, String)> = conn
+                    .prepare_cached(
+                        "SELECT organization_id, json FROM events WHERE id = ?1 AND ts_ms >= ?2",
+                    )?
+                    .query_row(params![id.as_bytes(), horizon], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                Ok(row
+                    .filter(|(org, _)| scope.includes(org))
+                    .map(|(_, json)| Bytes::from(json)))
+            })
+            .await
+    }
+
+    /// The active key whose secret hashes to `secret_hash`.
+    pub async fn active_key_by_hash(
+        &self,
+        secret_hash: [u8; 32],
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_ms IS NULL"
+                    ))?
+                    .query_row([&secret_hash[..]], key_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// The active key with this id.
+    pub async fn active_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_ms IS NULL"
+                    ))?
+                    .query_row([id.as_bytes()], key_from_row)
+                    .optional()?)
+            })
+            .await
+    }
+
+    /// Active keys, of one organization or (with `None`) all of them, oldest first.
+    pub async fn active_keys(
+        &self,
+        organization: Option<OrganizationId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_ms IS NULL \
+                     AND (?1 IS NULL OR organization_id = ?1) ORDER BY created_ms, id"
+                );
+                let org = organization.as_ref().map(OrganizationId::as_str);
+                let keys = conn
+                    .prepare_cached(&sql)?
+                    .query_map([org], key_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(keys)
+            })
+            .await
+    }
+
+    /// Whether the database answers a query: readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner
+            .readers
+            .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// Finishes every queued write, stops the writer and waits for it: after this returns,
+    /// everything acknowledged is on disk and the WAL is checkpointed.
+    pub async fn close(&self) {
+        let _ = self.inner.commands.send(Command::Shutdown).await;
+        let handle = self.inner.writer.lock().expect("writer handle lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+const KEY_COLUMNS: &str = "id, organization_id, role, name, created_ms, revoked_ms";
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let id: Vec<u8> = row.get(0)?;
+    let organization: Option<String> = row.get(1)?;
+    let role: String = row.get(2)?;
+    let corrupt = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("corrupt api_keys row: {what}").into(),
+        )
+    };
+    Ok(KeyRecord {
+        id: Uuid::from_slice(&id).map_err(|_| corrupt("id"))?,
+        organization_id: organization
+            .map(|o| OrganizationId::parse(&o).map_err(|_| corrupt("organization_id")))
+            .transpose()?,
+        role: role.parse().map_err(|_| corrupt("role"))?,
+        name: row.get(3)?,
+        created_ms: row.get(4)?,
+        revoked_ms: row.get(5)?,
+    })
+}
+
+/// The first position whose timestamp is at or after `ts_ms` (timestamps never decrease with
+/// position, so every later position qualifies too).
+fn first_position_at_or_after(conn: &Connection, ts_ms: i64) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT pos FROM events WHERE ts_ms >= ?1 ORDER BY ts_ms, pos LIMIT 1")?
+        .query_row([ts_ms], |r| r.get(0))
+        .optional()
+}
+
+fn read_history(
+    conn: &Connection,
+    query: &HistoryQuery,
+    horizon_ms: i64,
+) -> Result<HistoryPage, StoreError> {
+    let empty = HistoryPage {
+        events: Vec::new(),
+        last_position: None,
+        has_more: false,
+    };
+    let floor_ms = query.since_ms.map_or(horizon_ms, |s| s.max(horizon_ms));
+    let Some(mut low) = first_position_at_or_after(conn, floor_ms)? else {
+        return Ok(empty);
+    };
+    let mut high = match query.until_ms {
+        Some(until) => first_position_at_or_after(conn, until)?.unwrap_or(i64::MAX),
+        None => i64::MAX,
+    };
+    match (query.order, query.after_position) {
+        (Order::Asc, Some(cursor)) => low = low.max(cursor.saturating_add(1)),
+        (Order::Desc, Some(cursor)) => high = high.min(cursor),
+        (_, None) => {}
+    }
+    if low >= high {
+        return Ok(empty);
+    }
+
+    let mut sql = String::from("SELECT pos, json FROM events WHERE pos >= ? AND pos < ?");
+    let mut args: Vec<SqlValue> = vec![low.into(), high.into()];
+    push_filter(&query.filter, &mut sql, &mut args);
+    sql.push_str(match query.order {
+        Order::Asc => " ORDER BY pos ASC LIMIT ?",
+        Order::Desc => " ORDER BY pos DESC LIMIT ?",
+    });
+    args.push(((query.limit + 1) as i64).into());
+
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(args))?;
+    let mut events = Vec::with_capacity(query.limit.min(1000));
+    let mut last_position = None;
+    let mut has_more = false;
+    while let Some(row) = rows.next()? {
+        if events.len() == query.limit {
+            has_more = true;
+            break;
+        }
+        last_position = Some(row.get::<_, i64>(0)?);
+        events.push(Bytes::from(row.get::<_, String>(1)?));
+    }
+    Ok(HistoryPage {
+        events,
+        last_position,
+        has_more,
+    })
+}
+
+/// Appends the filter's conditions. Patterns are restricted to characters that SQLite's `GLOB`
+/// treats literally (see `filter.rs`), so `GLOB` means exactly the contract's glob.
+fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
+    if let OrgScope::One(org) = &filter.organization {
+        sql.push_str(" AND organization_id = ?");
+        args.push(org.as_str().to_owned().into());
+    }
+    let match_all = filter
+        .types
+        .iter()
+        .any(|p| p.as_str().bytes().all(|b| b == b'*'));
+    if !filter.types.is_empty() && !match_all {
+        let conditions: Vec<&str> = filter
+            .types
+            .iter()
+            .map(|p| {
+                args.push(p.as_str().to_owned().into());
+                if p.as_str().contains('*') {
+                    "type GLOB ?"
+                } else {
+                    "type = ?"
+                }
+            })
+            .collect();
+        sql.push_str(" AND (");
+        sql.push_str(&conditions.join(" OR "));
+        sql.push(')');
+    }
+    for (column, value) in [
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+        ("workspace_id", &filter.workspace_id),
+    ] {
+        if let Some(value) = value {
+            sql.push_str(" AND ");
+            sql.push_str(column);
+            sql.push_str(" = ?");
+            args.push(value.clone().into());
+        }
+    }
+}
+
+/// Read-only connections lent to blocking threads, one query at a time each.
+struct ReaderPool {
+    path: std::path::PathBuf,
+    connections: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl ReaderPool {
+    fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
+        let connections = (0..size)
+            .map(|_| open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            path: path.to_owned(),
+            connections: Mutex::new(connections),
+            permits: Semaphore::new(size),
+        })
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let conn = self
+            .connections
+            .lock()
+            .expect("reader pool lock")
+            .pop()
+            .expect("a permit guarantees a free connection");
+        let outcome = tokio::task::spawn_blocking(move || {
+            let result = work(&conn);
+            (conn, result)
+        })
+        .await;
+        match outcome {
+            Ok((conn, result)) => {
+                self.connections
+                    .lock()
+                    .expect("reader pool lock")
+                    .push(conn);
+                result
+            }
+            Err(panicked) => {
+                // The connection went down with the thread: open a replacement so the pool
+                // keeps one connection per permit.
+                let replacement = open_reader(&self.path)?;
+                self.connections
+                    .lock()
+                    .expect("reader pool lock")
+                    .push(replacement);
+                Err(anyhow::anyhow!("a store read panicked: {panicked}").into())
+            }
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    /// The last timestamp given: the clock is clamped to it so timestamps never go back.
+    last_timestamp_ms: i64,
+}
+
+/// A command's result, held until its transaction commits.
+enum Finished {
+    Append(Reply<AppendOutcome>, Result<AppendOutcome, StoreError>),
+    Key(
+        Reply<Option<Arc<StoredEvent>>>,
+        Result<Option<Arc<StoredEvent>>, StoreError>,
+    ),
+    Bootstrap(Reply<bool>, Result<bool, StoreError>),
+    Prune(Reply<PruneReport>, Result<PruneReport, StoreError>),
+}
+
+impl Finished {
+    fn answer(self, commit_failed: bool) {
+        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>, commit_failed: bool) {
+            let result = if commit_failed {
+                Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))
+            } else {
+                result
+            };
+            // The caller may have gone (client disconnected): its work is committed anyway.
+            let _ = reply.send(result);
+        }
+        match self {
+            Finished::Append(r, v) => send(r, v, commit_failed),
+            Finished::Key(r, v) => send(r, v, commit_failed),
+            Finished::Bootstrap(r, v) => send(r, v, commit_failed),
+            Finished::Prune(r, v) => send(r, v, commit_failed),
+        }
+    }
+
+    fn stored_events(&self) -> &[Arc<StoredEvent>] {
+        match self {
+            Finished::Append(_, Ok(outcome)) => &outcome.events,
+            Finished::Key(_, Ok(Some(event))) => std::slice::from_ref(event),
+            _ => &[],
+        }
+    }
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Result<Self, StoreError> {
+        let last: Option<i64> =
+            conn.query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))?;
+        Ok(Self {
+            conn,
+            last_timestamp_ms: last.unwrap_or(0),
+        })
+    }
+
+    fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut shutting_down = false;
+        while !shutting_down {
+            let Some(first) = queue.blocking_recv() else {
+                break;
+            };
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            if let Some(at) = group.iter().position(|c| matches!(c, Command::Shutdown)) {
+                // Everything queued before the shutdown is written; anything after it is
+                // refused when the queue is dropped.
+                group.truncate(at);
+                shutting_down = true;
+            }
+            if !group.is_empty() {
+                self.commit_group(&mut group);
+            }
+        }
+        queue.close();
+        if let Err(e) = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_group(&mut self, group: &mut Vec<Command>) {
+        let started = Instant::now();
+        let mut finished = Vec::with_capacity(group.len());
+        let commit = (|| -> rusqlite::Result<()> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for command in group.drain(..) {
+                finished.push(self.apply_isolated(command));
+            }
+            self.conn.execute_batch("COMMIT")
+        })();
+        let commit_failed = if let Err(e) = commit {
+            tracing::error!(error = %e, "store commit failed; the group is rolled back");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // Commands never applied because BEGIN failed are answered by being dropped.
+            group.clear();
+            true
+        } else {
+            false
+        };
+        let events: usize = finished.iter().map(|f| f.stored_events().len()).sum();
+        if !commit_failed {
+            metrics::histogram!("cpod_store_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("cpod_store_commit_group_events").record(events as f64);
+            for event in finished.iter().flat_map(|f| f.stored_events()) {
+                metrics::counter!("cpod_events_ingested_total", "type" => event.event_type.clone())
+                    .increment(1);
+            }
+        }
+        for done in finished {
+            done.answer(commit_failed);
+        }
+    }
+
+    /// Applies one command inside a savepoint: a database error undoes this command only.
+    fn apply_isolated(&mut self, command: Command) -> Finished {
+        let saved_timestamp = self.last_timestamp_ms;
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT command") {
+            return fail(command, e.into());
+        }
+        let (finished, failed) = self.apply(command);
+        let end = if failed {
+            self.last_timestamp_ms = saved_timestamp;
+            "ROLLBACK TO command; RELEASE command"
+        } else {
+            "RELEASE command"
+        };
+        if let Err(e) = self.conn.execute_batch(end) {
+            tracing::error!(error = %e, "releasing a savepoint failed");
+        }
+        finished
+    }
+
+    /// Applies a command; the flag says whether its writes must be undone.
+    fn apply(&mut self, command: Command) -> (Finished, bool) {
+        fn done<T>(
+            wrap: fn(Reply<T>, Result<T, StoreError>) -> Finished,
+            reply: Reply<T>,
+            result: Result<T, StoreError>,
+        ) -> (Finished, bool) {
+            let failed = result.is_err();
+            (wrap(reply, result), failed)
+        }
+        match command {
+            Command::Append(request, reply) => done(Finished::Append, reply, self.append(request)),
+            Command::CreateKey(key, event, reply) => {
+                let result = self
+                    .create_key(&key, "api")
+                    .and_then(|()| self.insert_optional(event));
+                done(Finished::Key, reply, result)
+            }
+            Command::RevokeKey(id, event, reply) => {
+                let result = self
+                    .revoke_key(id)
+                    .and_then(|()| self.insert_optional(event));
+                done(Finished::Key, reply, result)
+            }
+            Command::BootstrapAdmin {
+                key,
+                configured,
+                reply,
+            } => done(
+                Finished::Bootstrap,
+                reply,
+                self.bootstrap_admin(&key, configured),
+            ),
+            Command::Prune {
+                events_before_ms,
+                idempotency_before_ms,
+                batch,
+                reply,
+            } => done(
+                Finished::Prune,
+                reply,
+                self.prune(events_before_ms, idempotency_before_ms, batch),
+            ),
+            Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
+        }
+    }
+
+    fn append(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let now = unix_now_ms();
+        if let Some(claim) = &request.idempotency {
+            let previous: Option<(Vec<u8>, Vec<u8>, i64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT request_hash, response, created_ms FROM idempotency \
+                     WHERE scope = ?1 AND endpoint = ?2 AND key = ?3",
+                )?
+                .query_row(
+                    params![claim.scope, request.endpoint.as_str(), claim.key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((hash, response, created_ms)) = previous
+                && created_ms > now - IDEMPOTENCY_WINDOW_MS
+            {
+                return if hash == claim.request_hash {
+                    Ok(AppendOutcome {
+                        body: Bytes::from(response),
+                        replayed: true,
+                        events: Vec::new(),
+                    })
+                } else {
+                    Err(StoreError::IdempotencyConflict)
+                };
+            }
+        }
+
+        let events = request
+            .events
+            .iter()
+            .map(|event| self.insert_event(event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let body = match request.endpoint {
+            super::IngestEndpoint::Single => events[0].json.clone(),
+            super::IngestEndpoint::Batch => batch_body(&events),
+        };
+        if let Some(claim) = &request.idempotency {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO idempotency (scope, endpoint, key, request_hash, response, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (scope, endpoint, key) DO UPDATE SET \
+                     request_hash = excluded.request_hash, response = excluded.response, \
+                     created_ms = excluded.created_ms",
+                )?
+                .execute(params![
+                    claim.scope,
+                    request.endpoint.as_str(),
+                    claim.key,
+                    &claim.request_hash[..],
+                    &body[..],
+                    now
+                ])?;
+        }
+        Ok(AppendOutcome {
+            body,
+            replayed: false,
+            events,
+        })
+    }
+
+    fn insert_event(&mut self, event: &NewEvent) -> Result<Arc<StoredEvent>, StoreError> {
+        let timestamp_ms = unix_now_ms().max(self.last_timestamp_ms);
+        self.last_timestamp_ms = timestamp_ms;
+        let id = Uuid::now_v7();
+        let json = event.stamp(&id, timestamp_ms);
+        let json_text = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (id, organization_id, type, resource_type, resource_id, \
+                 workspace_id, ts_ms, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id.as_bytes(),
+                event.organization_id.as_str(),
+                event.event_type.as_str(),
+                event.resource_type.as_str(),
+                event.resource_id.as_str(),
+                event.workspace_id.as_ref().map(|w| w.as_str()),
+                timestamp_ms,
+                json_text,
+            ])?;
+        Ok(Arc::new(StoredEvent {
+            position: self.conn.last_insert_rowid(),
+            id,
+            organization_id: event.organization_id.as_str().to_owned(),
+            event_type: event.event_type.as_str().to_owned(),
+            resource_type: event.resource_type.as_str().to_owned(),
+            resource_id: event.resource_id.as_str().to_owned(),
+            workspace_id: event.workspace_id.as_ref().map(|w| w.as_str().to_owned()),
+            timestamp_ms,
+            json: Bytes::from(json),
+        }))
+    }
+
+    fn insert_optional(
+        &mut self,
+        event: Option<NewEvent>,
+    ) -> Result<Option<Arc<StoredEvent>>, StoreError> {
+        event.map(|e| self.insert_event(&e)).transpose()
+    }
+
+    fn create_key(&mut self, key: &NewKey, source: &str) -> Result<(), StoreError> {
+        let record = &key.record;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO api_keys (id, organization_id, role, name, source, secret_hash, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                record.id.as_bytes(),
+                record.organization_id.as_ref().map(OrganizationId::as_str),
+                record.role.as_str(),
+                record.name,
+                source,
+                &key.secret_hash[..],
+                record.created_ms,
+            ])?;
+        Ok(())
+    }
+
+    fn revoke_key(&mut self, id: Uuid) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            )?
+            .execute(params![id.as_bytes(), unix_now_ms()])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    fn bootstrap_admin(&mut self, key: &NewKey, configured: bool) -> Result<bool, StoreError> {
+        let now = unix_now_ms();
+        if configured {
+            self.conn.execute(
+                "UPDATE api_keys SET revoked_ms = ?2 WHERE role = 'admin' AND source IN ('env', 'generated') \
+                 AND revoked_ms IS NULL AND secret_hash != ?1",
+                params![&key.secret_hash[..], now],
+            )?;
+            let active: bool = self.conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE secret_hash = ?1 AND revoked_ms IS NULL)",
+                [&key.secret_hash[..]],
+                |r| r.get(0),
+            )?;
+            if active {
+                return Ok(false);
+            }
+            // A key revoked earlier and configured again comes back to life.
+            self.conn.execute(
+                "DELETE FROM api_keys WHERE secret_hash = ?1",
+                [&key.secret_hash[..]],
+            )?;
+            self.create_key(key, "env")?;
+            return Ok(true);
+        }
+        let any_admin: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_ms IS NULL)",
+            [],
+            |r| r.get(0),
+        )?;
+        if any_admin {
+            return Ok(false);
+        }
+        self.create_key(key, "generated")?;
+        Ok(true)
+    }
+
+    fn prune(
+        &mut self,
+        events_before_ms: i64,
+        idempotency_before_ms: i64,
+        batch: usize,
+    ) -> Result<PruneReport, StoreError> {
+        let events = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM events WHERE pos IN \
+                 (SELECT pos FROM events WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+            )?
+            .execute(params![events_before_ms, batch as i64])?;
+        let idempotency_records = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM idempotency WHERE id IN \
+                 (SELECT id FROM idempotency WHERE created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
+            )?
+            .execute(params![idempotency_before_ms, batch as i64])?;
+        Ok(PruneReport {
+            events,
+            idempotency_records,
+        })
+    }
+}
+
+fn fail(command: Command, error: StoreError) -> Finished {
+    match command {
+        Command::Append(_, reply) => Finished::Append(reply, Err(error)),
+        Command::CreateKey(_, _, reply) | Command::RevokeKey(_, _, reply) => {
+            Finished::Key(reply, Err(error))
+        }
+        Command::BootstrapAdmin { reply, .. } => Finished::Bootstrap(reply, Err(error)),
+        Command::Prune { reply, .. } => Finished::Prune(reply, Err(error)),
+        Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
+    }
+}
+
+/// `{"data":[…]}` from events' stored JSON, without parsing it again.
+pub(crate) fn batch_body(events: &[Arc<StoredEvent>]) -> Bytes {
+    let size = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 12;
+    let mut body = BytesMut::with_capacity(size);
+    body.put_slice(b"{\"data\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&event.json);
+    }
+    body.put_slice(b"]}");
+    body.freeze()
+}
