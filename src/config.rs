@@ -90,6 +90,28 @@ pub struct ServeConfig {
     pub log_format: String,
 }
 
+/// Exits on a command-line error; for a bad value, names the environment variable beside the
+/// flag, since either may have carried it.
+pub fn exit_explaining(error: clap::Error) -> ! {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+        let long = arg
+            .trim_start_matches("--")
+            .split([' ', '='])
+            .next()
+            .unwrap_or("");
+        let env = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
+        if let Some(env) = env {
+            eprintln!("cpod-events: bad setting {env} (--{long})");
+        }
+    }
+    error.exit()
+}
+
 /// A parsed `CPOD_DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {

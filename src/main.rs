@@ -8,7 +8,10 @@ use cpod_events::startup::{Application, cancel_on_signal};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Cli::parse().into_serve();
+    let config = match Cli::try_parse() {
+        Ok(cli) => cli.into_serve(),
+        Err(error) => cpod_events::config::exit_explaining(error),
+    };
     cpod_events::telemetry::init_logs(config.log_format == "json");
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -22,14 +25,16 @@ async fn main() -> std::process::ExitCode {
 async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let url = format!("http://{}", app.address());
-    println!("cPod Events listening on {url}");
-    println!("  API reference: {url}/openapi.json");
+    println!("cPod Events {}", env!("CARGO_PKG_VERSION"));
     match app.generated_admin_key() {
         Some(key) => {
             println!("  admin key (shown only this once; keep it, or set CPOD_ADMIN_KEY): {key}");
         }
         None => println!("  admin key: the one from CPOD_ADMIN_KEY or printed on the first start"),
     }
+    println!("  API reference: {url}/openapi.json");
+    // Printed last: scripts and tests wait for this line.
+    println!("cPod Events listening on {url}");
     tokio::spawn(cancel_on_signal(Arc::new(app.shutdown_token())));
     app.run_until_stopped().await?;
     println!("cPod Events stopped");

@@ -1,0 +1,273 @@
+//! Starting real brokers for tests: in-process on port 0 with a temporary database
+//! ([`spawn_app`]), or as a separate `cpod-events` process ([`BrokerProcess`]) where a test must
+//! kill or signal it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use cpod_events::config::Cli;
+use cpod_events::startup::Application;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_KEY: &str = "cpk_test_admin_key_0123456789abcdefghijklmnop";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A broker with the default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A broker with extra command-line settings, e.g. `["--retention", "2s"]`.
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    start_in(TempDir::new().expect("a temporary directory"), extra).await
+}
+
+pub fn database_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("events.db").display())
+}
+
+async fn start_in(dir: TempDir, extra: &[&str]) -> TestApp {
+    let url = database_url(dir.path());
+    let mut args = vec![
+        "cpod-events",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--admin-key",
+        ADMIN_KEY,
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let config = Cli::try_parse_from(args)
+        .expect("valid test settings")
+        .into_serve();
+    let app = Application::build(config).await.expect("the broker starts");
+    let address = format!("http://{}", app.address());
+    let shutdown = app.shutdown_token();
+    let running = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        dir,
+        shutdown,
+        running,
+    }
+}
+
+impl TestApp {
+    /// Stops the broker gracefully and starts a new one on the same database.
+    pub async fn restart(self, extra: &[&str]) -> TestApp {
+        let dir = self.stop().await;
+        start_in(dir, extra).await
+    }
+
+    /// Stops the broker gracefully, keeping its database directory.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        self.running
+            .await
+            .expect("the broker task ends")
+            .expect("the broker stops cleanly");
+        self.dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn get(&self, key: &str, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn post_json(&self, key: &str, path: &str, body: &Value) -> RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(key).json(body)
+    }
+
+    /// Creates a key with the admin key and answers its secret.
+    pub async fn key(&self, organization: &str, role: &str) -> String {
+        let response = self
+            .post_json(
+                ADMIN_KEY,
+                "/v1/keys",
+                &json!({"organizationId": organization, "role": role, "name": format!("{role} key")}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts one event and answers it as stored (asserting a 201).
+    pub async fn emit(&self, key: &str, event: &Value) -> Value {
+        let response = self
+            .post_json(key, "/v1/events", event)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Every event of a history query, following cursors.
+    pub async fn history_all(&self, key: &str, query: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/events?limit=1000&{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let page = json_of(self.get(key, &path).send().await.unwrap(), StatusCode::OK).await;
+            events.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return events,
+            }
+        }
+    }
+}
+
+/// A custom event body.
+pub fn custom(resource_id: &str) -> Value {
+    json!({"type": "custom.test.happened", "resourceId": resource_id, "resourceType": "thing"})
+}
+
+/// Asserts the status and answers the JSON body.
+pub async fn json_of(response: Response, expected: StatusCode) -> Value {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, expected, "body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts a contract error with this status, code and (when given) param.
+pub async fn assert_error(
+    response: Response,
+    status: StatusCode,
+    code: &str,
+    param: Option<&str>,
+) -> Value {
+    let body = json_of(response, status).await;
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    if let Some(param) = param {
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    body
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The broker as a separate process, for kill -9, signals and what it prints.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub address: String,
+    /// Every line printed on stdout up to and including the "listening" line.
+    pub banner: Vec<String>,
+    pub stderr_path: PathBuf,
+}
+
+impl BrokerProcess {
+    pub fn start(data_dir: &Path, envs: &[(&str, &str)]) -> BrokerProcess {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let stderr_path = data_dir.join(format!(
+            "stderr-{}.log",
+            STARTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cpod-events"));
+        command
+            .env_clear()
+            .env("CPOD_LISTEN", "127.0.0.1:0")
+            .env("CPOD_DATABASE_URL", database_url(data_dir))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the broker binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the broker prints its address before exiting")
+                .unwrap();
+            banner.push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        BrokerProcess {
+            child,
+            address,
+            banner,
+            stderr_path,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        self.child.wait().unwrap();
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

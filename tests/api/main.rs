@@ -1,0 +1,8 @@
+//! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
+
+mod durability;
+mod helpers;
+mod history;
+mod ingest;
+mod keys;
+mod ops;

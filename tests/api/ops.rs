@@ -1,0 +1,140 @@
+//! Operations (contract §7, §8): health, readiness, metrics, OpenAPI, JSON errors everywhere.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{assert_error, custom, json_of, spawn_app};
+
+#[tokio::test]
+async fn health_and_readiness_answer_without_a_key() {
+    let app = spawn_app().await;
+    json_of(
+        app.client.get(app.url("/healthz")).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    json_of(
+        app.client.get(app.url("/readyz")).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_count_ingestion_requests_and_commits() {
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    app.emit(&service, &custom("r")).await;
+    app.post_json(
+        &service,
+        "/v1/events/batch",
+        &serde_json::json!({"events": [custom("a"), custom("b")]}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for needle in [
+        "cpod_events_ingested_total{type=\"custom.test.happened\"}",
+        "cpod_http_requests_total{method=\"POST\",route=\"/v1/events\",status=\"201\"}",
+        "cpod_store_commit_seconds_bucket",
+        "cpod_store_commit_group_events_bucket",
+        "cpod_ingest_batch_events_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_endpoint() {
+    let app = spawn_app().await;
+    let doc = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/events", "post"),
+        ("/v1/events", "get"),
+        ("/v1/events/batch", "post"),
+        ("/v1/events/{id}", "get"),
+        ("/v1/keys", "post"),
+        ("/v1/keys", "get"),
+        ("/v1/keys/{id}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is missing"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Event"].is_object());
+}
+
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_odd_inputs_get_json_errors_never_500() {
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    assert_error(
+        app.get(&service, "/v2/nothing").send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    )
+    .await;
+    let put = app
+        .client
+        .put(app.url("/v1/events"))
+        .bearer_auth(&service)
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        put,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+    )
+    .await;
+    let odd_paths = [
+        "/v1/events?%zz=1",
+        "/v1/events?types=%00",
+        "/v1/events?since=%E2%98%83",
+        "/v1/events/%00",
+        "/v1/events/..%2F..%2Fetc",
+        "/v1/events?limit=99999999999999999999999",
+        "/v1/keys/not-a-key",
+    ];
+    for path in odd_paths {
+        let request = if path.starts_with("/v1/keys") {
+            app.client.delete(app.url(path))
+        } else {
+            app.client.get(app.url(path))
+        };
+        let response = request.bearer_auth(&service).send().await.unwrap();
+        let status = response.status();
+        assert!(status.is_client_error(), "{path}: {status}");
+        let body: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|_| panic!("{path}: not JSON"));
+        assert!(body["error"]["code"].is_string(), "{path}: {body}");
+    }
+}
