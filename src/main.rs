@@ -1,5 +1,10 @@
 //! `cpod-events`: parse the configuration, start the broker, run until SIGTERM/SIGINT.
 
+/// mimalloc: glibc's allocator contends on its arena locks when the writer thread allocates
+/// what HTTP workers free (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use clap::Parser;

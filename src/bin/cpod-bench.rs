@@ -1,1 +1,336 @@
-fn main() {}
+//! `cpod-bench`: the load generator for whole-system figures (not a test; see BENCHMARKS.md).
+//!
+//! `cpod-bench ingest` starts a fresh broker (the `cpod-events` binary next to this one, on a
+//! temporary SQLite database, default durability) unless `--url` points at one, then drives
+//! `POST /v1/events` (or `/v1/events/batch` with `--batch N`) from `--connections` keep-alive
+//! HTTP/1.1 connections for `--duration`, after a warm-up. It reports events/s, request latency
+//! percentiles, the broker's CPU time per 1,000 events (from /proc, when it started the broker),
+//! and checks that every acknowledged event is in history.
+
+/// mimalloc: glibc's allocator contends on its arena locks when the writer thread allocates
+/// what HTTP workers free (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "cpod-bench", about = "Load generator for cPod Events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Durable ingestion throughput and latency.
+    Ingest(IngestArgs),
+}
+
+#[derive(Args, Clone)]
+struct IngestArgs {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Events per request: 1 posts to /v1/events, more to /v1/events/batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Measured time, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Approximate size of each event's JSON, in bytes.
+    #[arg(long, default_value_t = 300)]
+    event_bytes: usize,
+    /// An already running broker; without it, a fresh one is started.
+    #[arg(long, requires = "key")]
+    url: Option<String>,
+    /// A service key for `--url`.
+    #[arg(long, env = "CPOD_API_KEY")]
+    key: Option<String>,
+    /// Durability of the broker this tool starts (full, normal, off).
+    #[arg(long, default_value = "full")]
+    sqlite_sync: String,
+    /// HTTP worker threads of the broker this tool starts.
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Scenario::Ingest(args) => ingest(args).await,
+    }
+}
+
+/// A broker started for the run, stopped when dropped.
+struct SpawnedBroker {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SpawnedBroker {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn broker_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name("cpod-events");
+    if !path.exists() {
+        bail!("{} not found: build it first (cargo build --release)", path.display());
+    }
+    Ok(path)
+}
+
+const ADMIN_KEY: &str = "cpk_bench_admin_key_0000000000000000000000000";
+
+fn spawn_broker(args: &IngestArgs) -> anyhow::Result<(SpawnedBroker, String)> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::Builder::new().prefix("cpod-bench-").tempdir()?;
+    let mut command = Command::new(broker_binary()?);
+    command
+        .env("CPOD_LISTEN", "127.0.0.1:0")
+        .env("CPOD_DATABASE_URL", format!("sqlite://{}", dir.path().join("bench.db").display()))
+        .env("CPOD_ADMIN_KEY", ADMIN_KEY)
+        .env("CPOD_SQLITE_SYNC", &args.sqlite_sync)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(workers) = args.workers {
+        command.env("CPOD_WORKERS", workers.to_string());
+    }
+    let mut child = command.spawn().context("cannot start the broker")?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let address = loop {
+        let line = lines.next().context("the broker exited before listening")??;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((SpawnedBroker { child, _dir: dir }, address))
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn create_service_key(base: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/v1/keys"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"organizationId": "bench", "role": "service", "name": "cpod-bench"}))
+        .send()
+        .await?;
+    let body: Value = response.json().await?;
+    body["key"].as_str().map(str::to_owned).context("no key in the answer")
+}
+
+/// One event body of about `size` bytes once stored.
+fn event_body(size: usize, worker: usize, seq: u64) -> Value {
+    let filler = "x".repeat(size.saturating_sub(250));
+    json!({
+        "type": "pod.started",
+        "resourceId": format!("pod-{worker}-{seq}"),
+        "resourceType": "pod",
+        "workspaceId": "ws-bench",
+        "payload": {"worker": worker, "seq": seq, "node": "node-1", "filler": filler},
+    })
+}
+
+struct WorkerResult {
+    latencies: Histogram<u64>,
+    events: u64,
+    errors: u64,
+    /// Events acknowledged with 201 in any phase, warm-up included.
+    acknowledged: u64,
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let (broker, base, key) = match (&args.url, &args.key) {
+        (Some(url), Some(key)) => (None, url.trim_end_matches('/').to_owned(), key.clone()),
+        _ => {
+            let (broker, address) = spawn_broker(&args)?;
+            let key = create_service_key(&address).await?;
+            (Some(broker), address, key)
+        }
+    };
+    let authority = base.trim_start_matches("http://").to_owned();
+    let path = if args.batch > 1 { "/v1/events/batch" } else { "/v1/events" };
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut workers = Vec::new();
+    for worker in 0..args.connections {
+        let (authority, key, measuring, stop) = (authority.clone(), key.clone(), measuring.clone(), stop.clone());
+        let args = args.clone();
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&authority).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut result = WorkerResult {
+                latencies: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+                events: 0,
+                errors: 0,
+                acknowledged: 0,
+            };
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = if args.batch > 1 {
+                    let events: Vec<Value> = (0..args.batch).map(|i| event_body(args.event_bytes, worker, seq + i as u64)).collect();
+                    json!({"events": events})
+                } else {
+                    event_body(args.event_bytes, worker, seq)
+                };
+                seq += args.batch as u64;
+                let request = Request::post(path)
+                    .header("host", &authority)
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
+                let started = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                let micros = started.elapsed().as_micros() as u64;
+                if status.as_u16() == 201 {
+                    result.acknowledged += args.batch as u64;
+                }
+                if measuring.load(Ordering::Relaxed) {
+                    if status.as_u16() == 201 {
+                        result.events += args.batch as u64;
+                        result.latencies.record(micros.max(1))?;
+                    } else {
+                        result.errors += 1;
+                    }
+                }
+            }
+            anyhow::Ok(result)
+        }));
+    }
+
+    tokio::time::sleep(args.warmup).await;
+    let pid = broker.as_ref().map(|b| b.child.id());
+    let cpu_before = pid.and_then(cpu_seconds);
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = pid.and_then(cpu_seconds);
+    stop.store(true, Ordering::Relaxed);
+
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut events, mut errors, mut acknowledged) = (0, 0, 0);
+    for worker in workers {
+        let result = worker.await??;
+        latencies.add(&result.latencies)?;
+        events += result.events;
+        errors += result.errors;
+        acknowledged += result.acknowledged;
+    }
+    let rate = events as f64 / elapsed;
+    println!("scenario      ingest: {} connections, {} event(s) per request, ~{} B per event, sync={}",
+        args.connections, args.batch, args.event_bytes, args.sqlite_sync);
+    println!("events/s      {rate:.0}");
+    println!("requests/s    {:.0}", latencies.len() as f64 / elapsed);
+    println!(
+        "latency       p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        latencies.value_at_quantile(0.50) as f64 / 1000.0,
+        latencies.value_at_quantile(0.99) as f64 / 1000.0,
+        latencies.max() as f64 / 1000.0
+    );
+    println!("errors        {errors}");
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        println!("broker CPU    {:.1} ms per 1,000 events ({:.0}% of one core)", (after - before) * 1e6 / events.max(1) as f64, (after - before) / elapsed * 100.0);
+    }
+    if let Some(pid) = pid
+        && let Some(rss) = rss_kib(pid)
+    {
+        println!("broker RSS    {:.1} MiB", rss as f64 / 1024.0);
+    }
+    if let Some(mean) = mean_commit_group(&base).await {
+        println!("commit groups {mean:.1} events per commit on average");
+    }
+    if broker.is_some() {
+        let stored = count_stored(&base, &key).await?;
+        println!("stored        {stored} events of {acknowledged} acknowledged (warm-up included)");
+        if stored < acknowledged {
+            bail!("{} acknowledged events are missing", acknowledged - stored);
+        }
+    }
+    drop(broker);
+    Ok(())
+}
+
+/// The broker's average group-commit size so far, from its metrics.
+async fn mean_commit_group(base: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    Some(value("cpod_store_commit_group_events_sum")? / value("cpod_store_commit_group_events_count")?)
+}
+
+/// Counts the stored `pod.*` events by paging through history.
+async fn count_stored(base: &str, key: &str) -> anyhow::Result<u64> {
+    let client = reqwest::Client::new();
+    let mut count = 0;
+    let mut cursor = String::new();
+    loop {
+        let page: Value = client
+            .get(format!("{base}/v1/events?types=pod.*&limit=1000{cursor}"))
+            .bearer_auth(key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        count += page["data"].as_array().map_or(0, Vec::len) as u64;
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return Ok(count),
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! The SQLite store: one writer thread with group commit, a pool of read-only connections.
 //!
 //! The writer takes the first command off its queue, then every command already waiting (up
-//! to [`MAX_GROUP`]), applies them all in one `BEGIN IMMEDIATE` transaction — each inside its
-//! own savepoint, so one command's failure never undoes another's work — commits once, and only
+//! to [`MAX_GROUP`]), applies them all in one `BEGIN IMMEDIATE` transaction, commits once (one
+//! fsync for the group), and only
 //! then answers each caller. Idempotency is decided inside the writer, so two identical requests
 //! racing each other are serialized here and can never both store events.
 
@@ -62,6 +62,24 @@ struct Inner {
     readers: ReaderPool,
     retention_ms: i64,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+/// WAL size (in 4 KiB pages) at which the writer checkpoints and the WAL restarts: 16 MiB.
+const WRITER_CHECKPOINT_PAGES: i64 = 4096;
+
+/// How often the checkpointer copies the WAL back into the database.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints the WAL from its own connection and thread, so that the writer seldom stalls on
+/// copying pages and fsyncing the database file. A PASSIVE checkpoint never blocks the writer
+/// or readers.
+fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+        }
+    }
 }
 
 impl Store {
@@ -91,7 +109,23 @@ impl Store {
         conn.pragma_update(None, "synchronous", synchronous)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "cache_size", -32_000)?;
+        // The checkpointer thread keeps the WAL backfilled; the writer checkpoints only when the
+        // WAL passes this many pages, which then costs it little (most pages are already copied)
+        // and lets the WAL restart from its beginning, bounding its size under constant load.
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         migrate(&mut conn).context("cannot migrate the database schema")?;
+
+        let checkpoint_conn = Connection::open_with_flags(
+            &config.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        checkpoint_conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        checkpoint_conn.pragma_update(None, "synchronous", synchronous)?;
+        let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("cpod-store-checkpoint".into())
+            .spawn(move || run_checkpointer(checkpoint_conn, checkpoint_stop))
+            .context("cannot start the checkpoint thread")?;
 
         let readers = ReaderPool::open(&config.path, config.readers.max(1))?;
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
@@ -106,6 +140,7 @@ impl Store {
                 readers,
                 retention_ms: config.retention_ms,
                 writer: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             }),
         })
     }
@@ -272,6 +307,11 @@ impl Store {
     /// Finishes every queued write, stops the writer and waits for it: after this returns,
     /// everything acknowledged is on disk and the WAL is checkpointed.
     pub async fn close(&self) {
+        let checkpointer = self.inner.checkpointer.lock().expect("checkpointer lock").take();
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         let _ = self.inner.commands.send(Command::Shutdown).await;
         let handle = self.inner.writer.lock().expect("writer handle lock").take();
         if let Some(handle) = handle {
@@ -569,20 +609,31 @@ impl Writer {
         tracing::debug!("store writer stopped");
     }
 
+    /// Applies and commits a group. Any database error rolls the whole group back and every
+    /// command in it is answered with an internal error: nothing is acknowledged that is not
+    /// committed. (Per-command savepoints would confine the damage, but cost a sub-journal
+    /// write per command on every append, for failures that mean a broken disk anyway.)
     fn commit_group(&mut self, group: &mut Vec<Command>) {
         let started = Instant::now();
         let mut finished = Vec::with_capacity(group.len());
-        let commit = (|| -> rusqlite::Result<()> {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let saved_timestamp = self.last_timestamp_ms;
+        let commit = (|| -> Result<(), StoreError> {
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             for command in group.drain(..) {
-                finished.push(self.apply_isolated(command));
+                let (done, error) = self.apply(command);
+                finished.push(done);
+                if let Some(error) = error {
+                    return Err(error);
+                }
             }
-            self.conn.execute_batch("COMMIT")
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
         })();
         let commit_failed = if let Err(e) = commit {
             tracing::error!(error = %e, "store commit failed; the group is rolled back");
             let _ = self.conn.execute_batch("ROLLBACK");
-            // Commands never applied because BEGIN failed are answered by being dropped.
+            self.last_timestamp_ms = saved_timestamp;
+            // Commands not reached are answered by being dropped (their callers see `Closed`).
             group.clear();
             true
         } else {
@@ -603,34 +654,21 @@ impl Writer {
         }
     }
 
-    /// Applies one command inside a savepoint: a database error undoes this command only.
-    fn apply_isolated(&mut self, command: Command) -> Finished {
-        let saved_timestamp = self.last_timestamp_ms;
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT command") {
-            return fail(command, e.into());
-        }
-        let (finished, failed) = self.apply(command);
-        let end = if failed {
-            self.last_timestamp_ms = saved_timestamp;
-            "ROLLBACK TO command; RELEASE command"
-        } else {
-            "RELEASE command"
-        };
-        if let Err(e) = self.conn.execute_batch(end) {
-            tracing::error!(error = %e, "releasing a savepoint failed");
-        }
-        finished
-    }
-
-    /// Applies a command; the flag says whether its writes must be undone.
-    fn apply(&mut self, command: Command) -> (Finished, bool) {
+    /// Applies a command. A refusal (`NotFound`, `IdempotencyConflict`) is decided before the
+    /// command writes anything; a database error fails the whole group (see `commit_group`).
+    fn apply(&mut self, command: Command) -> (Finished, Option<StoreError>) {
         fn done<T>(
             wrap: fn(Reply<T>, Result<T, StoreError>) -> Finished,
             reply: Reply<T>,
             result: Result<T, StoreError>,
-        ) -> (Finished, bool) {
-            let failed = result.is_err();
-            (wrap(reply, result), failed)
+        ) -> (Finished, Option<StoreError>) {
+            match result {
+                Err(StoreError::Internal(e)) => (
+                    wrap(reply, Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))),
+                    Some(StoreError::Internal(e)),
+                ),
+                other => (wrap(reply, other), None),
+            }
         }
         match command {
             Command::Append(request, reply) => done(Finished::Append, reply, self.append(request)),
@@ -865,18 +903,6 @@ impl Writer {
             events,
             idempotency_records,
         })
-    }
-}
-
-fn fail(command: Command, error: StoreError) -> Finished {
-    match command {
-        Command::Append(_, reply) => Finished::Append(reply, Err(error)),
-        Command::CreateKey(_, _, reply) | Command::RevokeKey(_, _, reply) => {
-            Finished::Key(reply, Err(error))
-        }
-        Command::BootstrapAdmin { reply, .. } => Finished::Bootstrap(reply, Err(error)),
-        Command::Prune { reply, .. } => Finished::Prune(reply, Err(error)),
-        Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
     }
 }
 
