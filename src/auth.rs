@@ -26,6 +26,7 @@ use crate::event::{EventType, Namespace, OrganizationId};
 use crate::filter::OrgScope;
 use crate::startup::AppState;
 use crate::store::{KeyRecord, Store};
+use crate::tickets::{TicketClaims, TicketSigner};
 
 pub const KEY_PREFIX: &str = "cpk_";
 /// How long an authenticated key is trusted without asking the store again.
@@ -193,6 +194,7 @@ impl Principal {
 /// Turns bearer keys into principals: a TTL cache in front of the store, plus the rate limit.
 pub struct Authenticator {
     store: Store,
+    tickets: TicketSigner,
     cache: DashMap<[u8; 32], (Principal, Instant)>,
     limiter: Option<DefaultKeyedRateLimiter<Uuid>>,
 }
@@ -200,6 +202,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(store: Store, rate_limit_per_second: Option<NonZeroU32>) -> Self {
         Self {
+            tickets: TicketSigner::new(store.ticket_secret()),
             store,
             cache: DashMap::new(),
             limiter: rate_limit_per_second.map(|n| RateLimiter::keyed(Quota::per_second(n))),
@@ -236,6 +239,40 @@ impl Authenticator {
         };
         self.check_rate(&principal)?;
         Ok(principal)
+    }
+
+    /// Authenticates a stream: by key when an `Authorization` header is present, else by
+    /// ticket. Answers the principal and, for a ticket, when it expires.
+    pub async fn authenticate_stream(
+        &self,
+        authorization: Option<&str>,
+        ticket: Option<&str>,
+    ) -> Result<(Principal, Option<i64>), ApiError> {
+        if authorization.is_some() || ticket.is_none() {
+            return Ok((self.authenticate(authorization).await?, None));
+        }
+        let ticket = ticket.unwrap_or_default();
+        let invalid = || ApiError::Unauthorized("unknown, expired or revoked stream ticket".into());
+        let claims = self
+            .tickets
+            .verify(ticket, crate::event::unix_now_ms())
+            .ok_or_else(invalid)?;
+        let record = self
+            .store
+            .active_key(claims.key_id)
+            .await?
+            .ok_or_else(invalid)?;
+        let principal = Principal::from_record(&record);
+        self.check_rate(&principal)?;
+        Ok((principal, Some(claims.expires_ms)))
+    }
+
+    /// A ticket for this principal's key, valid for `ttl_secs`.
+    pub fn issue_ticket(&self, principal: &Principal, expires_ms: i64) -> String {
+        self.tickets.issue(TicketClaims {
+            key_id: principal.key_id,
+            expires_ms,
+        })
     }
 
     fn check_rate(&self, principal: &Principal) -> Result<(), ApiError> {

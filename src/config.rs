@@ -64,6 +64,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_RETENTION", default_value = "90d", value_parser = parse_positive_duration)]
     pub retention: Duration,
 
+    /// Interval of keep-alive comments (SSE) and pings (WebSocket) on idle streams.
+    #[arg(long, env = "CPOD_HEARTBEAT", default_value = "15s", value_parser = parse_positive_duration)]
+    pub heartbeat: Duration,
+
     /// Largest accepted event, as stored JSON, in bytes.
     #[arg(long, env = "CPOD_MAX_EVENT_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(256..))]
     pub max_event_bytes: u32,
@@ -164,6 +168,7 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.retention, Duration::from_secs(90 * 86400));
+        assert_eq!(config.heartbeat, Duration::from_secs(15));
         assert_eq!(config.max_event_bytes, 65_536);
         assert_eq!(config.sqlite_sync, SyncMode::Full);
         assert_eq!(

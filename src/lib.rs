@@ -5,13 +5,17 @@
 //! - [`http::ingest`]   — `POST /v1/events[/batch]`: parse, validate, authorize
 //! - [`event`]          — the event, its validated fields and its wire JSON
 //! - [`store`]          — SQLite, one writer thread with group commit; positions, idempotency
+//! - [`hub`]            — live fan-out in commit order; the gapless `Subscription`
 //! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
+//! - [`http::sse`]      — `GET /v1/events/stream`: Server-Sent Events
+//! - [`http::ws`]       — `GET /v1/events/ws`: the WebSocket protocol
 //!
 //! Around it:
 //!
 //! - [`config`]     — flags and `CPOD_*` variables
 //! - [`startup`]    — builds the application, runs it, shuts it down
 //! - [`auth`]       — keys, roles, the `Principal` extractor, the per-key rate limit
+//! - [`tickets`]    — signed, expiring stream tickets
 //! - [`filter`]     — organization scope, type globs, exact fields
 //! - [`error`]      — the one JSON error type
 //! - [`http::keys`] — `/v1/keys`
@@ -26,8 +30,10 @@ pub mod error;
 pub mod event;
 pub mod filter;
 pub mod http;
+pub mod hub;
 pub mod openapi;
 pub mod retention;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tickets;

@@ -3,7 +3,7 @@
 //! read by hand (strictly, to name the field at fault).
 
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::event::Event;
@@ -20,14 +20,17 @@ use crate::http::keys::{CreatedKey, KeyView};
         crate::http::keys::create_key,
         crate::http::keys::list_keys,
         crate::http::keys::revoke_key,
+        crate::http::sse::stream_events,
+        crate::http::ws::open_socket,
+        crate::http::streams::create_ticket,
         crate::http::ops::healthz,
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi_json,
     ),
-    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey)),
+    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody)),
     modifiers(&BearerAuth),
-    tags((name = "events"), (name = "keys"), (name = "operations"))
+    tags((name = "events"), (name = "streams"), (name = "keys"), (name = "operations"))
 )]
 pub struct ApiDoc;
 
@@ -39,6 +42,10 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "ticket",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("ticket"))),
         );
     }
 }
@@ -132,6 +139,42 @@ pub struct HistoryParams {
     order: Option<String>,
     /// The previous page's `nextCursor`.
     cursor: Option<String>,
+}
+
+/// The stream filters and start (SSE).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct StreamParams {
+    /// Required for admin keys (`*`: every organization).
+    organization_id: Option<String>,
+    /// Type globs, comma-separated or repeated.
+    types: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    workspace_id: Option<String>,
+    /// Replay after this event id, then go live (the Last-Event-ID header wins).
+    last_event_id: Option<String>,
+    /// Replay from this time (ISO 8601), then go live.
+    since: Option<String>,
+    /// A stream ticket, for clients that cannot send headers.
+    ticket: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketRequest {
+    /// 1 to 86400, default 3600.
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketBody {
+    /// `cpt_…`: pass as `?ticket=` to the stream endpoints.
+    pub ticket: String,
+    pub expires_at: String,
 }
 
 /// The document as JSON text.

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::auth::{Authenticator, Role, generate_key, hash_secret};
 use crate::config::{DatabaseUrl, ServeConfig};
 use crate::event::unix_now_ms;
+use crate::hub::Hub;
 use crate::store::{KeyRecord, NewKey, Store, StoreConfig};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -34,6 +35,11 @@ pub struct Limits {
 /// What every handler shares.
 pub struct AppState {
     pub store: Store,
+    pub hub: Hub,
+    /// Cancelled once on shutdown: every stream and worker listens to it.
+    pub shutdown: CancellationToken,
+    /// Keep-alive interval of idle streams.
+    pub heartbeat: Duration,
     pub auth: Authenticator,
     pub limits: Limits,
     /// The OpenAPI document, rendered once.
@@ -53,18 +59,26 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         let DatabaseUrl::Sqlite(path) = &config.database_url;
-        let store = Store::open(&StoreConfig {
-            path: path.clone(),
-            sync: config.sqlite_sync,
-            retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
-            readers: 4,
-        })
+        let hub = Hub::default();
+        let store = Store::open(
+            &StoreConfig {
+                path: path.clone(),
+                sync: config.sqlite_sync,
+                retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
+                readers: 4,
+            },
+            hub.clone(),
+        )
         .with_context(|| format!("cannot open the store at {}", path.display()))?;
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
 
         crate::telemetry::prometheus();
+        let shutdown = CancellationToken::new();
         let state = web::Data::new(AppState {
             store: store.clone(),
+            hub,
+            shutdown: shutdown.clone(),
+            heartbeat: config.heartbeat,
             auth: Authenticator::new(store.clone(), config.rate_limit),
             limits: Limits {
                 max_event_bytes: config.max_event_bytes as usize,
@@ -94,7 +108,6 @@ impl Application {
         .listen(listener)?
         .run();
 
-        let shutdown = CancellationToken::new();
         let retention_task = tokio::spawn(crate::retention::run(
             store.clone(),
             crate::retention::prune_interval(config.retention),

@@ -94,7 +94,10 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name("cpod-events");
     if !path.exists() {
-        bail!("{} not found: build it first (cargo build --release)", path.display());
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -107,7 +110,10 @@ fn spawn_broker(args: &IngestArgs) -> anyhow::Result<(SpawnedBroker, String)> {
     let mut command = Command::new(broker_binary()?);
     command
         .env("CPOD_LISTEN", "127.0.0.1:0")
-        .env("CPOD_DATABASE_URL", format!("sqlite://{}", dir.path().join("bench.db").display()))
+        .env(
+            "CPOD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+        )
         .env("CPOD_ADMIN_KEY", ADMIN_KEY)
         .env("CPOD_SQLITE_SYNC", &args.sqlite_sync)
         .env("RUST_LOG", "warn")
@@ -119,7 +125,9 @@ fn spawn_broker(args: &IngestArgs) -> anyhow::Result<(SpawnedBroker, String)> {
     let mut child = command.spawn().context("cannot start the broker")?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let address = loop {
-        let line = lines.next().context("the broker exited before listening")??;
+        let line = lines
+            .next()
+            .context("the broker exited before listening")??;
         if let Some(rest) = line.split("listening on ").nth(1) {
             break rest.trim().to_owned();
         }
@@ -159,7 +167,10 @@ async fn create_service_key(base: &str) -> anyhow::Result<String> {
         .send()
         .await?;
     let body: Value = response.json().await?;
-    body["key"].as_str().map(str::to_owned).context("no key in the answer")
+    body["key"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no key in the answer")
 }
 
 /// One event body of about `size` bytes once stored.
@@ -192,18 +203,28 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         }
     };
     let authority = base.trim_start_matches("http://").to_owned();
-    let path = if args.batch > 1 { "/v1/events/batch" } else { "/v1/events" };
+    let path = if args.batch > 1 {
+        "/v1/events/batch"
+    } else {
+        "/v1/events"
+    };
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut workers = Vec::new();
     for worker in 0..args.connections {
-        let (authority, key, measuring, stop) = (authority.clone(), key.clone(), measuring.clone(), stop.clone());
+        let (authority, key, measuring, stop) = (
+            authority.clone(),
+            key.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
         let args = args.clone();
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(connection);
             let mut result = WorkerResult {
                 latencies: Histogram::new_with_bounds(1, 60_000_000, 3)?,
@@ -214,7 +235,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let body = if args.batch > 1 {
-                    let events: Vec<Value> = (0..args.batch).map(|i| event_body(args.event_bytes, worker, seq + i as u64)).collect();
+                    let events: Vec<Value> = (0..args.batch)
+                        .map(|i| event_body(args.event_bytes, worker, seq + i as u64))
+                        .collect();
                     json!({"events": events})
                 } else {
                     event_body(args.event_bytes, worker, seq)
@@ -267,8 +290,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         acknowledged += result.acknowledged;
     }
     let rate = events as f64 / elapsed;
-    println!("scenario      ingest: {} connections, {} event(s) per request, ~{} B per event, sync={}",
-        args.connections, args.batch, args.event_bytes, args.sqlite_sync);
+    println!(
+        "scenario      ingest: {} connections, {} event(s) per request, ~{} B per event, sync={}",
+        args.connections, args.batch, args.event_bytes, args.sqlite_sync
+    );
     println!("events/s      {rate:.0}");
     println!("requests/s    {:.0}", latencies.len() as f64 / elapsed);
     println!(
@@ -279,7 +304,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     );
     println!("errors        {errors}");
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        println!("broker CPU    {:.1} ms per 1,000 events ({:.0}% of one core)", (after - before) * 1e6 / events.max(1) as f64, (after - before) / elapsed * 100.0);
+        println!(
+            "broker CPU    {:.1} ms per 1,000 events ({:.0}% of one core)",
+            (after - before) * 1e6 / events.max(1) as f64,
+            (after - before) / elapsed * 100.0
+        );
     }
     if let Some(pid) = pid
         && let Some(rss) = rss_kib(pid)
@@ -302,7 +331,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
 /// The broker's average group-commit size so far, from its metrics.
 async fn mean_commit_group(base: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let value = |name: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.starts_with(name))?
@@ -311,7 +345,10 @@ async fn mean_commit_group(base: &str) -> Option<f64> {
             .parse()
             .ok()
     };
-    Some(value("cpod_store_commit_group_events_sum")? / value("cpod_store_commit_group_events_count")?)
+    Some(
+        value("cpod_store_commit_group_events_sum")?
+            / value("cpod_store_commit_group_events_count")?,
+    )
 }
 
 /// Counts the stored `pod.*` events by paging through history.

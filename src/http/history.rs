@@ -114,13 +114,13 @@ pub async fn list_events(
         _ => None,
     };
     let mut body =
-        BytesMut::with_capacity(page.events.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
+        BytesMut::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 64);
     body.put_slice(b"{\"data\":[");
     for (i, event) in page.events.iter().enumerate() {
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(event);
+        body.put_slice(&event.json);
     }
     body.put_slice(b"],\"hasMore\":");
     body.put_slice(if page.has_more { b"true" } else { b"false" });

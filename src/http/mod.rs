@@ -5,6 +5,9 @@ pub mod history;
 pub mod ingest;
 pub mod keys;
 pub mod ops;
+pub mod sse;
+pub mod streams;
+pub mod ws;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
@@ -15,9 +18,13 @@ use crate::error::{ApiError, payload_error};
 
 /// Registers every route, and JSON answers for unknown paths.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // The stream routes come before `/v1/events/{id}`, which would otherwise take them.
+    sse::configure(cfg);
+    ws::configure(cfg);
     ingest::configure(cfg);
     history::configure(cfg);
     keys::configure(cfg);
+    streams::configure(cfg);
     ops::configure(cfg);
 }
 

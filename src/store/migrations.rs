@@ -52,6 +52,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_created ON idempotency(created_ms);
     "#,
+    // 2: broker-wide settings, e.g. the secret that signs stream tickets.
+    r#"
+    CREATE TABLE settings (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.

@@ -69,7 +69,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// An event as committed: its wire JSON plus the fields streams filter on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StoredEvent {
     pub position: i64,
     pub id: Uuid,
@@ -81,6 +81,28 @@ pub struct StoredEvent {
     pub timestamp_ms: i64,
     /// The event's JSON, serialized once at commit.
     pub json: Bytes,
+    /// Its Server-Sent Events message, encoded on first use and then shared by every
+    /// subscriber (see [`StoredEvent::sse_frame`]).
+    pub sse: std::sync::OnceLock<Bytes>,
+}
+
+impl StoredEvent {
+    /// The fields a [`Filter`] looks at.
+    pub fn key(&self) -> crate::filter::EventKey<'_> {
+        crate::filter::EventKey {
+            organization_id: &self.organization_id,
+            event_type: &self.event_type,
+            resource_type: &self.resource_type,
+            resource_id: &self.resource_id,
+            workspace_id: self.workspace_id.as_deref(),
+        }
+    }
+
+    /// `id: <id>\ndata: <json>\n\n`, encoded once.
+    pub fn sse_frame(&self) -> &Bytes {
+        self.sse
+            .get_or_init(|| crate::http::sse::event_frame(&self.id, &self.json))
+    }
 }
 
 /// Which endpoint an idempotency key belongs to: keys are scoped per endpoint.
@@ -167,7 +189,7 @@ pub struct HistoryQuery {
 /// One page of history.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
-    pub events: Vec<Bytes>,
+    pub events: Vec<Arc<StoredEvent>>,
     /// Position of the last event on the page, for the next cursor.
     pub last_position: Option<i64>,
     pub has_more: bool,

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::event::{NewEvent, OrganizationId, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
+use crate::hub::Hub;
 
 /// The most commands one transaction takes, so one commit never grows without bound.
 const MAX_GROUP: usize = 512;
@@ -61,6 +62,7 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     readers: ReaderPool,
     retention_ms: i64,
+    ticket_secret: [u8; 32],
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -75,7 +77,9 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// copying pages and fsyncing the database file. A PASSIVE checkpoint never blocks the writer
 /// or readers.
 fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
         }
@@ -84,7 +88,8 @@ fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 
 impl Store {
     /// Opens (creating if needed) the database, migrates it and starts the writer thread.
-    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+    /// Committed events are published to `hub`, in commit order, after each commit.
+    pub fn open(config: &StoreConfig, hub: Hub) -> Result<Self, StoreError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -127,9 +132,10 @@ impl Store {
             .spawn(move || run_checkpointer(checkpoint_conn, checkpoint_stop))
             .context("cannot start the checkpoint thread")?;
 
+        let ticket_secret = ensure_secret(&conn, "stream_ticket_secret")?;
         let readers = ReaderPool::open(&config.path, config.readers.max(1))?;
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer::new(conn)?;
+        let writer = Writer::new(conn, hub)?;
         let handle = std::thread::Builder::new()
             .name("cpod-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -139,6 +145,7 @@ impl Store {
                 commands,
                 readers,
                 retention_ms: config.retention_ms,
+                ticket_secret,
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             }),
@@ -206,6 +213,12 @@ impl Store {
         .await
     }
 
+    /// The secret that signs stream tickets: made once, kept in the database, so that tickets
+    /// outlive a restart.
+    pub fn ticket_secret(&self) -> [u8; 32] {
+        self.inner.ticket_secret
+    }
+
     /// The oldest timestamp still visible: retention hides everything before it at once.
     pub fn retention_horizon_ms(&self, now_ms: i64) -> i64 {
         now_ms.saturating_sub(self.inner.retention_ms)
@@ -237,6 +250,44 @@ impl Store {
                 Ok(row
                     .filter(|(org, _)| scope.includes(org))
                     .map(|(_, json)| Bytes::from(json)))
+            })
+            .await
+    }
+
+    /// The position of an event that exists, is in `scope` and has not expired.
+    pub async fn position_of(&self, id: Uuid, scope: OrgScope) -> Result<Option<i64>, StoreError> {
+        let horizon = self.retention_horizon_ms(unix_now_ms());
+        self.inner
+            .readers
+            .read(move |conn| {
+                let row: Option<(i64, String)> = conn
+                    .prepare_cached(
+                        "SELECT pos, organization_id FROM events WHERE id = ?1 AND ts_ms >= ?2",
+                    )?
+                    .query_row(params![id.as_bytes(), horizon], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                Ok(row
+                    .filter(|(_, org)| scope.includes(org))
+                    .map(|(pos, _)| pos))
+            })
+            .await
+    }
+
+    /// The position after which every event is at or after `ts_ms`: replaying "after" it
+    /// replays from that time.
+    pub async fn position_before_time(&self, ts_ms: i64) -> Result<i64, StoreError> {
+        self.inner
+            .readers
+            .read(move |conn| {
+                let first = first_position_at_or_after(conn, ts_ms)?;
+                let last: Option<i64> =
+                    conn.query_row("SELECT max(pos) FROM events", [], |r| r.get(0))?;
+                Ok(match first {
+                    Some(pos) => pos - 1,
+                    None => last.unwrap_or(0),
+                })
             })
             .await
     }
@@ -307,7 +358,12 @@ impl Store {
     /// Finishes every queued write, stops the writer and waits for it: after this returns,
     /// everything acknowledged is on disk and the WAL is checkpointed.
     pub async fn close(&self) {
-        let checkpointer = self.inner.checkpointer.lock().expect("checkpointer lock").take();
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .expect("checkpointer lock")
+            .take();
         if let Some((stop, handle)) = checkpointer {
             drop(stop);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -318,6 +374,26 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// Reads a 32-byte secret setting, making and storing a random one the first time.
+fn ensure_secret(conn: &Connection, name: &str) -> Result<[u8; 32], StoreError> {
+    let existing: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(value) = existing {
+        return <[u8; 32]>::try_from(value.as_slice())
+            .map_err(|_| anyhow::anyhow!("the setting {name} is corrupt").into());
+    }
+    let mut secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+    conn.execute(
+        "INSERT INTO settings (name, value) VALUES (?1, ?2)",
+        params![name, &secret[..]],
+    )?;
+    Ok(secret)
 }
 
 const KEY_COLUMNS: &str = "id, organization_id, role, name, created_ms, revoked_ms";
@@ -342,6 +418,28 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         name: row.get(3)?,
         created_ms: row.get(4)?,
         revoked_ms: row.get(5)?,
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "pos, id, organization_id, type, resource_type, resource_id, workspace_id, ts_ms, json";
+
+fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let id: Vec<u8> = row.get(1)?;
+    let id = Uuid::from_slice(&id).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    Ok(StoredEvent {
+        position: row.get(0)?,
+        id,
+        organization_id: row.get(2)?,
+        event_type: row.get(3)?,
+        resource_type: row.get(4)?,
+        resource_id: row.get(5)?,
+        workspace_id: row.get(6)?,
+        timestamp_ms: row.get(7)?,
+        json: Bytes::from(row.get::<_, String>(8)?),
+        sse: Default::default(),
     })
 }
 
@@ -380,7 +478,7 @@ fn read_history(
         return Ok(empty);
     }
 
-    let mut sql = String::from("SELECT pos, json FROM events WHERE pos >= ? AND pos < ?");
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE pos >= ? AND pos < ?");
     let mut args: Vec<SqlValue> = vec![low.into(), high.into()];
     push_filter(&query.filter, &mut sql, &mut args);
     sql.push_str(match query.order {
@@ -399,8 +497,9 @@ fn read_history(
             has_more = true;
             break;
         }
-        last_position = Some(row.get::<_, i64>(0)?);
-        events.push(Bytes::from(row.get::<_, String>(1)?));
+        let event = event_from_row(row)?;
+        last_position = Some(event.position);
+        events.push(Arc::new(event));
     }
     Ok(HistoryPage {
         events,
@@ -525,6 +624,7 @@ impl ReaderPool {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
+    hub: Hub,
     /// The last timestamp given: the clock is clamped to it so timestamps never go back.
     last_timestamp_ms: i64,
 }
@@ -569,11 +669,21 @@ impl Finished {
 }
 
 impl Writer {
-    fn new(conn: Connection) -> Result<Self, StoreError> {
+    fn new(conn: Connection, hub: Hub) -> Result<Self, StoreError> {
         let last: Option<i64> =
             conn.query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))?;
+        // AUTOINCREMENT's counter, not max(pos): it survives the pruning of the newest event.
+        let last_position: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        hub.set_last_published(last_position.unwrap_or(0));
         Ok(Self {
             conn,
+            hub,
             last_timestamp_ms: last.unwrap_or(0),
         })
     }
@@ -640,6 +750,13 @@ impl Writer {
             false
         };
         let events: usize = finished.iter().map(|f| f.stored_events().len()).sum();
+        if !commit_failed && events > 0 {
+            let committed: Vec<Arc<StoredEvent>> = finished
+                .iter()
+                .flat_map(|f| f.stored_events().iter().cloned())
+                .collect();
+            self.hub.publish(&committed);
+        }
         if !commit_failed {
             metrics::histogram!("cpod_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -664,7 +781,10 @@ impl Writer {
         ) -> (Finished, Option<StoreError>) {
             match result {
                 Err(StoreError::Internal(e)) => (
-                    wrap(reply, Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))),
+                    wrap(
+                        reply,
+                        Err(StoreError::Internal(anyhow::anyhow!("the commit failed"))),
+                    ),
                     Some(StoreError::Internal(e)),
                 ),
                 other => (wrap(reply, other), None),
@@ -801,6 +921,7 @@ impl Writer {
             workspace_id: event.workspace_id.as_ref().map(|w| w.as_str().to_owned()),
             timestamp_ms,
             json: Bytes::from(json),
+            sse: Default::default(),
         }))
     }
 

@@ -1,0 +1,237 @@
+//! `GET /v1/events/stream`: Server-Sent Events (contract §5), written by hand.
+//!
+//! The stream opens with a jittered `retry:` at once (and an `event: reset` when the given
+//! `Last-Event-ID` is unknown), then sends each event as `id:` + one-line `data:` JSON, with no
+//! `event:` field, and a `: keep-alive` comment after each idle heartbeat interval. Frames come
+//! pre-encoded from the hub (one encoding per event, shared by every subscriber); several
+//! pending events go out in one write. The stream ends on shutdown, when its key is revoked, or
+//! when the ticket that opened it expires.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::http::QueryParams;
+use crate::http::streams::{StreamRequest, SubscriberGauge, open_stream};
+use crate::hub::Subscription;
+use crate::startup::AppState;
+use crate::store::StoredEvent;
+
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/events/stream")
+            .route(web::get().to(stream_events))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// One event as an SSE message: `id: <id>\ndata: <json>\n\n`. The JSON is compact, so it is one
+/// line (JSON strings cannot hold a raw newline).
+pub fn event_frame(id: &Uuid, json: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(json.len() + 52);
+    frame.put_slice(b"id: ");
+    frame.put_slice(
+        id.hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    frame.put_slice(b"\ndata: ");
+    frame.put_slice(json);
+    frame.put_slice(b"\n\n");
+    frame.freeze()
+}
+
+/// The `event: reset` message for a `Last-Event-ID` the broker cannot resume from.
+pub fn reset_frame(last_event_id: &str) -> Bytes {
+    let data = serde_json::json!({"reason": "unknown_last_event_id", "lastEventId": last_event_id});
+    Bytes::from(format!("event: reset\ndata: {data}\n\n"))
+}
+
+/// The opening `retry:`, jittered between 2 and 5 seconds so that a restart does not bring
+/// every client back in the same second.
+pub fn retry_frame() -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", rand::random_range(2000..5000)))
+}
+
+/// Several events in one chunk; one event is its shared frame, uncopied.
+fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
+    if let [one] = events {
+        return one.sse_frame().clone();
+    }
+    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| e.sse_frame().len()).sum());
+    for event in events {
+        chunk.put_slice(event.sse_frame());
+    }
+    chunk.freeze()
+}
+
+/// Stream events as Server-Sent Events.
+#[utoipa::path(
+    get, path = "/v1/events/stream", tag = "streams",
+    params(
+        crate::openapi::StreamParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over lastEventId and since)"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: `retry:`, then `id:`/`data:` messages, `: keep-alive` comments, `event: reset`", content_type = "text/event-stream"),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("ticket" = []))
+)]
+pub async fn stream_events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut params = QueryParams::parse(&req)?;
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::invalid("Last-Event-ID", "Last-Event-ID must be ASCII"))
+        })
+        .transpose()?;
+    let request = StreamRequest::parse(&req, &mut params, last_event_id, &state).await?;
+    params.finish()?;
+    let opened = open_stream(&state, request).await?;
+
+    let mut pending = VecDeque::from([retry_frame()]);
+    if let Some(unknown) = &opened.reset {
+        pending.push_back(reset_frame(unknown));
+    }
+    let stream = SseStream {
+        subscription: opened.subscription,
+        pending,
+        shutdown: state.shutdown.clone(),
+        revocations: state.hub.revocations(),
+        key_id: opened.principal.key_id,
+        deadline: opened.deadline,
+        heartbeat: state.heartbeat,
+        idle_since: Instant::now(),
+        state: state.clone(),
+        _gauge: SubscriberGauge::new("sse"),
+    };
+    let body = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, actix_web::Error>(chunk), stream))
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ))
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .insert_header((
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("identity"),
+        ))
+        .streaming(body))
+}
+
+struct SseStream {
+    subscription: Subscription,
+    pending: VecDeque<Bytes>,
+    shutdown: tokio_util::sync::CancellationToken,
+    revocations: tokio::sync::broadcast::Receiver<Uuid>,
+    key_id: Uuid,
+    deadline: Option<Instant>,
+    heartbeat: Duration,
+    idle_since: Instant,
+    state: web::Data<AppState>,
+    _gauge: SubscriberGauge,
+}
+
+impl SseStream {
+    /// The next bytes to write, or `None` to end the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Some(chunk);
+        }
+        loop {
+            let heartbeat_at = self.idle_since + self.heartbeat;
+            let deadline = self.deadline;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                revoked = self.revocations.recv() => match revoked {
+                    Ok(id) if id == self.key_id => return None,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        // Missed announcements: ask the store whether this key still stands.
+                        if !matches!(self.state.store.active_key(self.key_id).await, Ok(Some(_))) {
+                            return None;
+                        }
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => return None,
+                _ = tokio::time::sleep_until(heartbeat_at) => {
+                    self.idle_since = Instant::now();
+                    return Some(Bytes::from_static(KEEP_ALIVE));
+                }
+                next = self.subscription.next() => match next {
+                    Ok(events) => {
+                        self.idle_since = Instant::now();
+                        metrics::counter!("cpod_events_delivered_total", "transport" => "sse").increment(events.len() as u64);
+                        return Some(frames(&events));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an SSE stream ends: its subscription failed");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_sse_message_with_id_and_one_data_line() {
+        let id = Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap();
+        let json = br#"{"id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60","payload":{"text":"a\nb"}}"#;
+        let frame = event_frame(&id, json);
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert_eq!(
+            text,
+            "id: 01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60\ndata: {\"id\":\"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60\",\"payload\":{\"text\":\"a\\nb\"}}\n\n"
+        );
+        assert_eq!(
+            text.matches('\n').count(),
+            3,
+            "id line, data line, blank line"
+        );
+        assert!(!text.contains("event:"));
+    }
+
+    #[test]
+    fn reset_and_retry_have_the_contract_shape() {
+        assert_eq!(
+            &reset_frame("abc\"x")[..],
+            b"event: reset\ndata: {\"reason\":\"unknown_last_event_id\",\"lastEventId\":\"abc\\\"x\"}\n\n"
+        );
+        for _ in 0..100 {
+            let retry = retry_frame();
+            let text = std::str::from_utf8(&retry).unwrap();
+            let ms: u32 = text.trim_start_matches("retry: ").trim().parse().unwrap();
+            assert!((2000..5000).contains(&ms));
+            assert!(text.ends_with("\n\n"));
+        }
+    }
+}

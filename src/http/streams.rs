@@ -1,0 +1,207 @@
+//! What SSE and WebSocket streams share: reading a stream request (credential, filters, start),
+//! opening its gapless subscription, stream tickets (`POST /v1/stream-tickets`), and the
+//! subscriber gauge.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::event::{format_timestamp, unix_now_ms};
+use crate::filter::{Filter, OrgScope};
+use crate::http::history::{parse_filter, parse_time};
+use crate::http::{QueryParams, parse_json, read_body};
+use crate::hub::{Start, Subscription};
+use crate::startup::AppState;
+use crate::tickets::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/stream-tickets")
+            .route(web::post().to(create_ticket))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// Where a stream asked to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    Now,
+    AfterEvent(String),
+    Since(i64),
+}
+
+/// A parsed stream request: who, what, from where.
+pub struct StreamRequest {
+    pub principal: Principal,
+    pub ticket_expires_ms: Option<i64>,
+    pub filter: Filter,
+    pub resume: Resume,
+}
+
+impl StreamRequest {
+    /// Reads the credential (header, else `?ticket=`), the filters and the start. A
+    /// `Last-Event-ID` header wins over `lastEventId`, which wins over `since`.
+    pub async fn parse(
+        req: &HttpRequest,
+        params: &mut QueryParams,
+        last_event_id_header: Option<String>,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let ticket = params.take_one("ticket")?;
+        let authorization = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| {
+                v.to_str().map_err(|_| {
+                    ApiError::Unauthorized("the Authorization header is not ASCII".into())
+                })
+            })
+            .transpose()?;
+        let (principal, ticket_expires_ms) = state
+            .auth
+            .authenticate_stream(authorization, ticket.as_deref())
+            .await?;
+        let filter = parse_filter(&principal, params)?;
+        let last_event_id = last_event_id_header.or(params.take_one("lastEventId")?);
+        let since = params.take_one("since")?;
+        let resume = match (last_event_id, since) {
+            (Some(id), _) => Resume::AfterEvent(id),
+            (None, Some(since)) => Resume::Since(parse_time("since", &since)?),
+            (None, None) => Resume::Now,
+        };
+        Ok(Self {
+            principal,
+            ticket_expires_ms,
+            filter,
+            resume,
+        })
+    }
+}
+
+/// An open stream's subscription and what the transport must tell the client first.
+pub struct OpenedStream {
+    pub principal: Principal,
+    pub subscription: Subscription,
+    /// The `Last-Event-ID` that could not be resumed from, for the `reset` message.
+    pub reset: Option<String>,
+    /// When the ticket that opened the stream expires.
+    pub deadline: Option<Instant>,
+}
+
+/// Resolves the start and subscribes (before anything is sent, so nothing stored from now on
+/// can be missed).
+pub async fn open_stream(
+    state: &AppState,
+    request: StreamRequest,
+) -> Result<OpenedStream, ApiError> {
+    let (start, reset) = resolve_start(state, &request.filter.organization, request.resume).await?;
+    let subscription = Subscription::new(&state.hub, &state.store, request.filter, start);
+    let deadline = request.ticket_expires_ms.map(|expires| {
+        let left = u64::try_from(expires - unix_now_ms()).unwrap_or(0);
+        Instant::now() + std::time::Duration::from_millis(left)
+    });
+    Ok(OpenedStream {
+        principal: request.principal,
+        subscription,
+        reset,
+        deadline,
+    })
+}
+
+/// The position to replay after; an unknown, foreign or expired `Last-Event-ID` means "now"
+/// plus a reset.
+pub async fn resolve_start(
+    state: &AppState,
+    scope: &OrgScope,
+    resume: Resume,
+) -> Result<(Start, Option<String>), ApiError> {
+    Ok(match resume {
+        Resume::Now => (Start::Now, None),
+        Resume::Since(ms) => (
+            Start::After(state.store.position_before_time(ms).await?),
+            None,
+        ),
+        Resume::AfterEvent(raw) => {
+            let position = match uuid::Uuid::parse_str(raw.trim()) {
+                Ok(id) => state.store.position_of(id, scope.clone()).await?,
+                Err(_) => None,
+            };
+            match position {
+                Some(position) => (Start::After(position), None),
+                None => (Start::Now, Some(raw)),
+            }
+        }
+    })
+}
+
+/// Counts a live subscriber for as long as it exists.
+pub struct SubscriberGauge(&'static str);
+
+impl SubscriberGauge {
+    pub fn new(transport: &'static str) -> Self {
+        metrics::gauge!("cpod_subscribers", "transport" => transport).increment(1.0);
+        Self(transport)
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("cpod_subscribers", "transport" => self.0).decrement(1.0);
+    }
+}
+
+/// Create a stream ticket for this key: read-only, for `?ticket=` on the stream endpoints.
+#[utoipa::path(
+    post, path = "/v1/stream-tickets", tag = "streams",
+    request_body(content = crate::openapi::TicketRequest, content_type = "application/json", description = "Optional"),
+    responses(
+        (status = 201, body = crate::openapi::TicketBody),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_ticket(
+    req: HttpRequest,
+    principal: Principal,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, 16 * 1024).await?;
+    let ttl = if body.iter().all(u8::is_ascii_whitespace) {
+        DEFAULT_TTL_SECS
+    } else {
+        crate::http::require_json_content_type(&req)?;
+        let Value::Object(mut fields) = parse_json(&body)? else {
+            return Err(ApiError::invalid_body("the body must be a JSON object"));
+        };
+        if let Some(unknown) = fields.keys().find(|k| k.as_str() != "ttlSeconds") {
+            return Err(ApiError::invalid_body(format!(
+                "unknown field `{unknown}`; a ticket request has ttlSeconds"
+            )));
+        }
+        match fields.remove("ttlSeconds") {
+            None | Some(Value::Null) => DEFAULT_TTL_SECS,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|t| (1..=MAX_TTL_SECS).contains(t))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "ttlSeconds",
+                        format!("ttlSeconds must be an integer from 1 to {MAX_TTL_SECS}"),
+                    )
+                })?,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "ttlSeconds",
+                    "ttlSeconds must be an integer",
+                ));
+            }
+        }
+    };
+    let expires_ms = unix_now_ms() + (ttl as i64) * 1000;
+    let ticket = state.auth.issue_ticket(&principal, expires_ms);
+    Ok(HttpResponse::Created()
+        .json(json!({"ticket": ticket, "expiresAt": format_timestamp(expires_ms)})))
+}

@@ -1,0 +1,515 @@
+//! `GET /v1/events/ws`: the WebSocket protocol of contract §5, on actix-ws.
+//!
+//! One task per socket reads the client's frames and writes every outgoing frame; each
+//! subscription is its own task feeding that writer through a bounded channel. A client that
+//! reads slowly fills the channel, its subscription tasks wait, their hub receivers lag, and
+//! they catch up from the store ([`crate::hub`]): memory stays bounded and nothing is lost.
+//!
+//! Authentication: an `Authorization` header or `?ticket=` at the upgrade (a bad one is a plain
+//! 401, before the upgrade), or a first `{"op":"auth"}` frame within 10 seconds (else close code
+//! 4401). Errors are answered with `{"op":"error"}` frames and leave the socket open.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Message, Session};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::event::{ResourceId, ResourceType, WorkspaceId};
+use crate::filter::{Filter, parse_type_list};
+use crate::http::QueryParams;
+use crate::http::streams::{Resume, SubscriberGauge, resolve_start};
+use crate::hub::Subscription;
+use crate::startup::AppState;
+use crate::store::StoredEvent;
+
+/// Frames queued for one socket before its subscriptions must wait.
+const OUTGOING_CAPACITY: usize = 256;
+/// How long an unauthenticated socket may stay open.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close code for "authenticate first" (contract §5).
+const CLOSE_UNAUTHENTICATED: u16 = 4401;
+/// Close code for a revoked key or an expired ticket.
+const CLOSE_CREDENTIAL_ENDED: u16 = 4403;
+/// Subscriptions one socket may hold.
+const MAX_SUBSCRIPTIONS: usize = 100;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/events/ws")
+            .route(web::get().to(open_socket))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    );
+}
+
+/// Open a WebSocket carrying any number of subscriptions.
+#[utoipa::path(
+    get, path = "/v1/events/ws", tag = "streams",
+    params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
+    responses(
+        (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
+        (status = 401, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("ticket" = []), ())
+)]
+pub async fn open_socket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut params = QueryParams::parse(&req)?;
+    let ticket = params.take_one("ticket")?;
+    params.finish()?;
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| ApiError::Unauthorized("the Authorization header is not ASCII".into()))?;
+    let credential = if authorization.is_some() || ticket.is_some() {
+        Some(
+            state
+                .auth
+                .authenticate_stream(authorization.as_deref(), ticket.as_deref())
+                .await?,
+        )
+    } else {
+        None
+    };
+    let (response, session, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::invalid_body(format!("not a WebSocket upgrade: {e}")))?;
+    let socket = Socket::new(state.into_inner(), session, credential);
+    actix_web::rt::spawn(socket.run(messages));
+    Ok(response)
+}
+
+/// A frame a subscription task hands to the socket's writer.
+enum Outgoing {
+    Event(Arc<str>, Arc<StoredEvent>),
+    Text(String),
+}
+
+struct Socket {
+    state: Arc<AppState>,
+    session: Session,
+    principal: Option<Principal>,
+    deadline: Option<Instant>,
+    subscriptions: HashMap<String, CancellationToken>,
+    outgoing: mpsc::Sender<Outgoing>,
+    queued: Option<mpsc::Receiver<Outgoing>>,
+    closing: CancellationToken,
+}
+
+fn deadline_of(expires_ms: Option<i64>) -> Option<Instant> {
+    expires_ms.map(|e| {
+        let left = u64::try_from(e - crate::event::unix_now_ms()).unwrap_or(0);
+        Instant::now() + Duration::from_millis(left)
+    })
+}
+
+impl Socket {
+    fn new(
+        state: Arc<AppState>,
+        session: Session,
+        credential: Option<(Principal, Option<i64>)>,
+    ) -> Self {
+        let (outgoing, queued) = mpsc::channel(OUTGOING_CAPACITY);
+        let (principal, expires) = match credential {
+            Some((p, e)) => (Some(p), e),
+            None => (None, None),
+        };
+        Self {
+            closing: state.shutdown.child_token(),
+            state,
+            session,
+            principal,
+            deadline: deadline_of(expires),
+            subscriptions: HashMap::new(),
+            outgoing,
+            queued: Some(queued),
+        }
+    }
+
+    async fn run(mut self, messages: actix_ws::MessageStream) {
+        let mut messages = messages.max_frame_size(64 * 1024);
+        let mut queued = self.queued.take().expect("run once");
+        let mut revocations = self.state.hub.revocations();
+        let heartbeat = self.state.heartbeat;
+        let opened = Instant::now();
+        let mut last_seen = Instant::now();
+        let mut last_ping = Instant::now();
+        let close = loop {
+            let auth_deadline = (self.principal.is_none()).then_some(opened + AUTH_TIMEOUT);
+            let deadline = self.deadline;
+            tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => break Some(CloseReason { code: CloseCode::Away, description: Some("the broker is shutting down".into()) }),
+                revoked = revocations.recv() => {
+                    let ended = match (revoked, &self.principal) {
+                        (Ok(id), Some(p)) => id == p.key_id,
+                        (Err(RecvError::Lagged(_)), Some(p)) => !matches!(self.state.store.active_key(p.key_id).await, Ok(Some(_))),
+                        _ => false,
+                    };
+                    if ended {
+                        break Some(CloseReason { code: CloseCode::Other(CLOSE_CREDENTIAL_ENDED), description: Some("the key was revoked".into()) });
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    break Some(CloseReason { code: CloseCode::Other(CLOSE_CREDENTIAL_ENDED), description: Some("the stream ticket expired".into()) });
+                }
+                _ = async { tokio::time::sleep_until(auth_deadline.expect("guarded")).await }, if auth_deadline.is_some() => {
+                    break Some(CloseReason { code: CloseCode::Other(CLOSE_UNAUTHENTICATED), description: Some("authenticate first".into()) });
+                }
+                _ = tokio::time::sleep_until(last_seen + heartbeat * 2 + heartbeat / 2) => {
+                    break Some(CloseReason { code: CloseCode::Policy, description: Some("no answer to two pings".into()) });
+                }
+                _ = tokio::time::sleep_until(last_ping + heartbeat) => {
+                    if self.session.ping(b"").await.is_err() { break None; }
+                    last_ping = Instant::now();
+                }
+                frame = queued.recv() => {
+                    let Some(frame) = frame else { break None };
+                    let text = match frame {
+                        Outgoing::Event(subscription, event) => event_frame(&subscription, &event),
+                        Outgoing::Text(text) => text,
+                    };
+                    if self.session.text(text).await.is_err() { break None; }
+                }
+                message = messages.next() => {
+                    last_seen = Instant::now();
+                    match message {
+                        None | Some(Err(_)) => break None,
+                        Some(Ok(Message::Close(_))) => break None,
+                        Some(Ok(Message::Ping(bytes))) => {
+                            if self.session.pong(&bytes).await.is_err() { break None; }
+                        }
+                        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
+                        Some(Ok(Message::Text(text))) => {
+                            let answers = self.handle_text(&text).await;
+                            for answer in answers {
+                                if self.session.text(answer).await.is_err() { break; }
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
+                            let _ = self.session.text(error_frame(None, "invalid_request", "send JSON text frames, not binary")).await;
+                        }
+                    }
+                }
+            }
+        };
+        self.closing.cancel();
+        let _ = self.session.close(close).await;
+    }
+
+    /// Handles one client frame; answers the frames to send back, in order.
+    async fn handle_text(&mut self, text: &str) -> Vec<String> {
+        let request: Value = match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            Ok(_) => {
+                return vec![error_frame(
+                    None,
+                    "invalid_request",
+                    "a frame must be a JSON object",
+                )];
+            }
+            Err(e) => {
+                return vec![error_frame(
+                    None,
+                    "invalid_request",
+                    &format!("invalid JSON: {e}"),
+                )];
+            }
+        };
+        let id = request.get("id").cloned();
+        let op = request.get("op").and_then(Value::as_str).unwrap_or("");
+        if self.principal.is_none() && op != "auth" {
+            return vec![error_frame(
+                id,
+                "unauthorized",
+                "authenticate first: {\"op\":\"auth\",\"token\":\"cpk_…\"}",
+            )];
+        }
+        let result = match op {
+            "auth" => self.authenticate(&request).await,
+            "ping" => Ok(vec![json!({"op": "pong"}).to_string()]),
+            "subscribe" => self.subscribe(&request).await,
+            "unsubscribe" => self.unsubscribe(&request),
+            "" => Err(ApiError::invalid("op", "a frame needs an op")),
+            other => Err(ApiError::invalid(
+                "op",
+                format!("unknown op `{other}`: use auth, subscribe, unsubscribe or ping"),
+            )),
+        };
+        result.unwrap_or_else(|e| vec![api_error_frame(id, &e)])
+    }
+
+    async fn authenticate(&mut self, request: &Value) -> Result<Vec<String>, ApiError> {
+        let token = request
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::invalid("token", "auth needs a token: a key or a stream ticket")
+            })?;
+        let (principal, expires) = if token.starts_with(crate::tickets::TICKET_PREFIX) {
+            self.state
+                .auth
+                .authenticate_stream(None, Some(token))
+                .await?
+        } else {
+            self.state
+                .auth
+                .authenticate_stream(Some(&format!("Bearer {token}")), None)
+                .await?
+        };
+        if let Some(current) = &self.principal
+            && current.key_id != principal.key_id
+        {
+            return Err(ApiError::invalid(
+                "token",
+                "this socket is already authenticated with another key",
+            ));
+        }
+        let organization = principal
+            .organization_id
+            .as_ref()
+            .map(|o| o.as_str().to_owned());
+        self.principal = Some(principal);
+        self.deadline = deadline_of(expires);
+        Ok(vec![
+            json!({"op": "authenticated", "organizationId": organization}).to_string(),
+        ])
+    }
+
+    async fn subscribe(&mut self, request: &Value) -> Result<Vec<String>, ApiError> {
+        let principal = self.principal.clone().expect("checked by the caller");
+        let id = match request.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    "id",
+                    "subscribe needs an id: a string of 1 to 128 characters",
+                ));
+            }
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(ApiError::invalid(
+                "id",
+                format!("subscription `{id}` already exists"),
+            ));
+        }
+        if self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return Err(ApiError::invalid(
+                "id",
+                format!("a socket holds at most {MAX_SUBSCRIPTIONS} subscriptions"),
+            ));
+        }
+        let filter = parse_filter_object(&principal, request.get("filter"))?;
+        let resume = match (request.get("lastEventId"), request.get("since")) {
+            (Some(Value::String(last)), _) => Resume::AfterEvent(last.clone()),
+            (Some(Value::Null) | None, Some(Value::String(since))) => {
+                Resume::Since(crate::http::history::parse_time("since", since)?)
+            }
+            (Some(Value::Null) | None, None | Some(Value::Null)) => Resume::Now,
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    "lastEventId",
+                    "lastEventId must be a string",
+                ));
+            }
+            (_, Some(_)) => return Err(ApiError::invalid("since", "since must be a string")),
+        };
+        let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
+        let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
+        let cancel = self.closing.child_token();
+        self.subscriptions.insert(id.clone(), cancel.clone());
+        let mut answers = vec![json!({"op": "subscribed", "id": id}).to_string()];
+        if reset.is_some() {
+            answers.push(
+                json!({"op": "reset", "subscription": id, "reason": "unknown_last_event_id"})
+                    .to_string(),
+            );
+        }
+        // The task starts after the answers are written: the caller sends them first, in this
+        // task, and the subscription's events only reach the socket through the queue.
+        actix_web::rt::spawn(run_subscription(
+            Arc::from(id.as_str()),
+            subscription,
+            self.outgoing.clone(),
+            cancel,
+        ));
+        Ok(answers)
+    }
+
+    fn unsubscribe(&mut self, request: &Value) -> Result<Vec<String>, ApiError> {
+        let id = request
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid("id", "unsubscribe needs the subscription's id"))?;
+        let cancel = self
+            .subscriptions
+            .remove(id)
+            .ok_or_else(|| ApiError::NotFound(format!("no subscription `{id}` on this socket")))?;
+        cancel.cancel();
+        Ok(vec![json!({"op": "unsubscribed", "id": id}).to_string()])
+    }
+}
+
+/// Feeds one subscription's events to the socket until it is cancelled or the socket is gone.
+async fn run_subscription(
+    id: Arc<str>,
+    mut subscription: Subscription,
+    outgoing: mpsc::Sender<Outgoing>,
+    cancel: CancellationToken,
+) {
+    let _gauge = SubscriberGauge::new("ws");
+    loop {
+        let events = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            next = subscription.next() => match next {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a WebSocket subscription ends: its subscription failed");
+                    let _ = outgoing.send(Outgoing::Text(error_frame(Some(Value::String(id.to_string())), "internal", "the subscription failed; subscribe again"))).await;
+                    return;
+                }
+            },
+        };
+        metrics::counter!("cpod_events_delivered_total", "transport" => "ws")
+            .increment(events.len() as u64);
+        for event in events {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                sent = outgoing.send(Outgoing::Event(id.clone(), event)) => if sent.is_err() { return },
+            }
+        }
+    }
+}
+
+/// `{"op":"event","subscription":"s1","event":{…}}`, splicing the event's stored JSON in.
+fn event_frame(subscription: &str, event: &StoredEvent) -> String {
+    let json = std::str::from_utf8(&event.json).expect("stored JSON is UTF-8");
+    let id = serde_json::to_string(subscription).expect("a string serializes");
+    format!("{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}")
+}
+
+fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
+    json!({"op": "error", "id": id.unwrap_or(Value::Null), "code": code, "message": message})
+        .to_string()
+}
+
+fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
+    let code = match error {
+        ApiError::InvalidRequest { .. } => "invalid_request",
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::Forbidden(_) => "forbidden",
+        ApiError::NotFound(_) => "not_found",
+        ApiError::RateLimited { .. } => "rate_limited",
+        _ => "internal",
+    };
+    let message = match error {
+        ApiError::Internal(_) => "internal error".to_owned(),
+        other => other.to_string(),
+    };
+    error_frame(id, code, &message)
+}
+
+/// A subscribe frame's `filter`: the history filters as JSON (`types` a list or a
+/// comma-separated string).
+fn parse_filter_object(principal: &Principal, filter: Option<&Value>) -> Result<Filter, ApiError> {
+    let empty = Map::new();
+    let object = match filter {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::invalid("filter", "filter must be an object")),
+    };
+    const FIELDS: [&str; 5] = [
+        "organizationId",
+        "types",
+        "resourceType",
+        "resourceId",
+        "workspaceId",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "filter",
+            format!("unknown filter field `{unknown}`"),
+        ));
+    }
+    let text = |name: &str| -> Result<Option<&str>, ApiError> {
+        match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(ApiError::invalid(name, format!("{name} must be a string"))),
+        }
+    };
+    let organization = principal.read_scope(text("organizationId")?)?;
+    let types = match object.get("types") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(list)) => parse_type_list([list.as_str()])?,
+        Some(Value::Array(items)) => {
+            let names = items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .ok_or_else(|| ApiError::invalid("types", "types must be strings"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            parse_type_list(names)?
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "types",
+                "types must be a list of patterns",
+            ));
+        }
+    };
+    Ok(Filter {
+        organization,
+        types,
+        resource_type: text("resourceType")?
+            .map(|v| ResourceType::parse(v).map(|t| t.as_str().to_owned()))
+            .transpose()?,
+        resource_id: text("resourceId")?
+            .map(|v| ResourceId::parse(v).map(|t| t.as_str().to_owned()))
+            .transpose()?,
+        workspace_id: text("workspaceId")?
+            .map(|v| WorkspaceId::parse(v).map(|t| t.as_str().to_owned()))
+            .transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_frame_splices_the_stored_json() {
+        let event = StoredEvent {
+            position: 1,
+            id: uuid::Uuid::nil(),
+            organization_id: "o".into(),
+            event_type: "custom.a".into(),
+            resource_type: "r".into(),
+            resource_id: "r".into(),
+            workspace_id: None,
+            timestamp_ms: 0,
+            json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
+            sse: Default::default(),
+        };
+        let frame: Value = serde_json::from_str(&event_frame("s\"1", &event)).unwrap();
+        assert_eq!(
+            frame,
+            json!({"op": "event", "subscription": "s\"1", "event": {"id": "x"}})
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The hub: live fan-out of committed events, and the gapless [`Subscription`] every stream
+//! (SSE, WebSocket) reads from.
+//!
+//! The store's writer thread publishes each committed group, in commit order, to one
+//! `tokio::sync::broadcast` channel per organization (and to one for admin `*` subscribers), so a
+//! subscriber only ever looks at its own organization's events. An event is shared as an
+//! `Arc<StoredEvent>` whose JSON and SSE frame are encoded once, never per subscriber.
+//!
+//! ## The gapless invariant
+//!
+//! A subscription delivers every matching event with a position greater than its start, exactly
+//! once, in position order:
+//!
+//! 1. it reads the hub's last published position `L` (the writer updates `L` only *after*
+//!    sending a group), then subscribes to the channel; its start is `L`, or the position named by
+//!    `Last-Event-ID` / `since`;
+//! 2. it replays from the store, in pages, every matching event after its last delivered position
+//!    — this covers events published before the subscription existed, since every published event
+//!    is already committed;
+//! 3. it goes live on the channel, dropping anything at or below its last delivered position
+//!    (events both replayed and received);
+//! 4. on `RecvError::Lagged` (the channel overwrote events this subscriber had not read) it goes
+//!    back to step 2 from its last delivered position.
+//!
+//! So a slow subscriber never loses an event, never slows the writer or the other subscribers
+//! (broadcast never waits for a receiver), and costs bounded memory: at most one channel's
+//! capacity is retained, however far behind it falls; the rest is read back from the store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use dashmap::DashMap;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use uuid::Uuid;
+
+use crate::filter::{Filter, OrgScope};
+use crate::store::{HistoryQuery, Order, Store, StoreError, StoredEvent};
+
+/// Events retained per channel for subscribers that are momentarily behind.
+pub const CHANNEL_CAPACITY: usize = 1024;
+/// Events read from the store per replay page.
+pub const REPLAY_PAGE: usize = 500;
+/// At most this many live events are handed to a transport at once (one socket write).
+pub const LIVE_BATCH: usize = 64;
+
+/// A cheap-clone handle on the fan-out.
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    organizations: DashMap<String, broadcast::Sender<Arc<StoredEvent>>>,
+    everything: broadcast::Sender<Arc<StoredEvent>>,
+    last_published: AtomicI64,
+    revoked: broadcast::Sender<Uuid>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            organizations: DashMap::new(),
+            everything: broadcast::channel(CHANNEL_CAPACITY).0,
+            last_published: AtomicI64::new(0),
+            revoked: broadcast::channel(64).0,
+        }
+    }
+}
+
+impl Hub {
+    /// Sends committed events to their subscribers; called by the store's writer, in commit
+    /// order, after the commit.
+    pub fn publish(&self, events: &[Arc<StoredEvent>]) {
+        let Some(last) = events.last() else {
+            return;
+        };
+        let everyone = self.inner.everything.receiver_count() > 0;
+        for event in events {
+            if let Some(channel) = self.inner.organizations.get(&event.organization_id) {
+                // No receivers left is not an error: the channel is removed on the next drop.
+                let _ = channel.send(event.clone());
+            }
+            if everyone {
+                let _ = self.inner.everything.send(event.clone());
+            }
+        }
+        self.inner
+            .last_published
+            .store(last.position, Ordering::Release);
+    }
+
+    /// Tells open streams that a key is revoked, so that they close.
+    pub fn announce_revocation(&self, key_id: Uuid) {
+        let _ = self.inner.revoked.send(key_id);
+    }
+
+    /// Revocations announced from now on.
+    pub fn revocations(&self) -> broadcast::Receiver<Uuid> {
+        self.inner.revoked.subscribe()
+    }
+
+    /// The last position published so far.
+    pub fn last_published(&self) -> i64 {
+        self.inner.last_published.load(Ordering::Acquire)
+    }
+
+    /// Makes the published position known at start-up (the store's last position).
+    pub fn set_last_published(&self, position: i64) {
+        self.inner.last_published.store(position, Ordering::Release);
+    }
+
+    fn subscribe_channel(&self, scope: &OrgScope) -> broadcast::Receiver<Arc<StoredEvent>> {
+        match scope {
+            OrgScope::All => self.inner.everything.subscribe(),
+            OrgScope::One(org) => self
+                .inner
+                .organizations
+                .entry(org.as_str().to_owned())
+                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .subscribe(),
+        }
+    }
+
+    /// Forgets an organization's channel once nobody listens to it.
+    fn release_channel(&self, scope: &OrgScope) {
+        if let OrgScope::One(org) = scope {
+            self.inner
+                .organizations
+                .remove_if(org.as_str(), |_, channel| channel.receiver_count() == 0);
+        }
+    }
+
+    /// Number of organization channels (for tests and metrics).
+    pub fn channel_count(&self) -> usize {
+        self.inner.organizations.len()
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Events stored from now on.
+    Now,
+    /// Events stored after this position (from `Last-Event-ID` or `since`).
+    After(i64),
+}
+
+/// One subscriber's gapless view of the stream; see the module documentation.
+pub struct Subscription {
+    hub: Hub,
+    store: Store,
+    filter: Filter,
+    receiver: broadcast::Receiver<Arc<StoredEvent>>,
+    /// The last position delivered (or, before any delivery, the start).
+    last_position: i64,
+    replaying: bool,
+    /// Counts of what this subscription delivered, for metrics.
+    pub replayed: u64,
+}
+
+impl Subscription {
+    pub fn new(hub: &Hub, store: &Store, filter: Filter, start: Start) -> Self {
+        let now = hub.last_published();
+        let receiver = hub.subscribe_channel(&filter.organization);
+        let last_position = match start {
+            Start::Now => now,
+            Start::After(position) => position,
+        };
+        Self {
+            hub: hub.clone(),
+            store: store.clone(),
+            filter,
+            receiver,
+            last_position,
+            replaying: true,
+            replayed: 0,
+        }
+    }
+
+    /// The next events to deliver, in position order; waits until there is at least one.
+    ///
+    /// Cancel-safe: state changes only after the awaited read has completed, so dropping the
+    /// future (e.g. in a `select!` with a heartbeat) loses nothing.
+    pub async fn next(&mut self) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        loop {
+            if self.replaying {
+                let page = self
+                    .store
+                    .history(HistoryQuery {
+                        filter: self.filter.clone(),
+                        since_ms: None,
+                        until_ms: None,
+                        after_position: Some(self.last_position),
+                        order: Order::Asc,
+                        limit: REPLAY_PAGE,
+                    })
+                    .await?;
+                self.replaying = page.has_more;
+                if let Some(last) = page.events.last() {
+                    self.last_position = last.position;
+                    self.replayed += page.events.len() as u64;
+                    return Ok(page.events);
+                }
+                continue;
+            }
+            let first = match self.receiver.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => {
+                    metrics::counter!("cpod_stream_catchups_total").increment(1);
+                    self.replaying = true;
+                    continue;
+                }
+                Err(RecvError::Closed) => return Err(StoreError::Closed),
+            };
+            let mut batch = Vec::new();
+            self.accept(first, &mut batch);
+            while batch.len() < LIVE_BATCH {
+                match self.receiver.try_recv() {
+                    Ok(event) => self.accept(event, &mut batch),
+                    Err(TryRecvError::Lagged(_)) => {
+                        metrics::counter!("cpod_stream_catchups_total").increment(1);
+                        self.replaying = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+        }
+    }
+
+    fn accept(&mut self, event: Arc<StoredEvent>, batch: &mut Vec<Arc<StoredEvent>>) {
+        if event.position <= self.last_position {
+            return; // already replayed, or from before the start
+        }
+        // Non-matching events still move the position: nothing before them can arrive later.
+        self.last_position = event.position;
+        if self.filter.matches(&event.key()) {
+            batch.push(event);
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let scope = self.filter.organization.clone();
+        // The receiver must be gone before the channel's receiver count is checked.
+        let placeholder = broadcast::channel(1).1;
+        drop(std::mem::replace(&mut self.receiver, placeholder));
+        self.hub.release_channel(&scope);
+    }
+}
