@@ -28,6 +28,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
+    cpod_events::startup::raise_open_file_limit();
     let app = Application::build(config).await?;
     let url = format!("http://{}", app.address());
     println!("cPod Events {}", env!("CARGO_PKG_VERSION"));

@@ -209,6 +209,22 @@ async fn install_admin_key(
     Ok((inserted && configured.is_none()).then_some(secret))
 }
 
+/// Raises the open-file limit to its hard maximum: every stream is a socket.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Waits for SIGTERM or SIGINT, then cancels `token`.
 pub async fn cancel_on_signal(token: Arc<CancellationToken>) {
     let terminate = async {

@@ -41,6 +41,7 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 async fn start_in(dir: TempDir, extra: &[&str]) -> TestApp {
+    cpod_events::startup::raise_open_file_limit();
     let url = database_url(dir.path());
     let mut args = vec![
         "cpod-events",
@@ -210,6 +211,7 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn start(data_dir: &Path, envs: &[(&str, &str)]) -> BrokerProcess {
+        cpod_events::startup::raise_open_file_limit();
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let stderr_path = data_dir.join(format!(
             "stderr-{}.log",
@@ -270,4 +272,135 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One Server-Sent Events message (or comment) as a client sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+impl SseMessage {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.data.as_deref().expect("a data line")).expect("JSON data")
+    }
+}
+
+/// A minimal SSE client over reqwest: enough to check framing byte for byte.
+pub struct SseClient {
+    pub response_headers: reqwest::header::HeaderMap,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl SseClient {
+    /// Opens `path` (with its query) with a key, or with nothing when `key` is empty.
+    pub async fn open(
+        app_url: &str,
+        key: &str,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        let mut request = reqwest::Client::new().get(format!("{app_url}{path}"));
+        if !key.is_empty() {
+            request = request.bearer_auth(key);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        if status != StatusCode::OK {
+            panic!(
+                "stream refused: {status} {}",
+                response.text().await.unwrap()
+            );
+        }
+        SseClient {
+            response_headers: response.headers().clone(),
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message or comment, or `None` when the stream ends or `timeout` passes.
+    pub async fn next(&mut self, timeout: Duration) -> Option<SseMessage> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                return Some(parse_block(block.trim_end_matches('\n')));
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self
+                    .buffer
+                    .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream")),
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message that carries an event (skipping `retry:` and comments).
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<SseMessage> {
+        loop {
+            let message = self.next(timeout).await?;
+            if message.data.is_some() {
+                return Some(message);
+            }
+        }
+    }
+
+    /// Reads `count` event messages (panics on a timeout).
+    pub async fn events(&mut self, count: usize) -> Vec<SseMessage> {
+        let mut events = Vec::with_capacity(count);
+        while events.len() < count {
+            match self.next_event(Duration::from_secs(20)).await {
+                Some(m) => events.push(m),
+                None => panic!(
+                    "the stream stopped after {} of {count} events",
+                    events.len()
+                ),
+            }
+        }
+        events
+    }
+}
+
+fn parse_block(block: &str) -> SseMessage {
+    let mut message = SseMessage::default();
+    for line in block.split('\n') {
+        if let Some(comment) = line.strip_prefix(':') {
+            message.comment = Some(comment.trim().to_owned());
+        } else if let Some((field, value)) = line.split_once(": ") {
+            match field {
+                "id" => message.id = Some(value.to_owned()),
+                "event" => message.event = Some(value.to_owned()),
+                "data" => {
+                    assert!(message.data.is_none(), "more than one data line: {block}");
+                    message.data = Some(value.to_owned());
+                }
+                "retry" => message.retry = Some(value.parse().expect("retry is a number")),
+                other => panic!("unexpected SSE field {other}: {block}"),
+            }
+        } else {
+            panic!("unparseable SSE line {line:?} in {block:?}");
+        }
+    }
+    message
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }

@@ -6,3 +6,4 @@ mod history;
 mod ingest;
 mod keys;
 mod ops;
+mod streams;
