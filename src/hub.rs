@@ -44,30 +44,39 @@ pub const REPLAY_PAGE: usize = 500;
 pub const LIVE_BATCH: usize = 64;
 
 /// A cheap-clone handle on the fan-out.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    capacity: usize,
     organizations: DashMap<String, broadcast::Sender<Arc<StoredEvent>>>,
     everything: broadcast::Sender<Arc<StoredEvent>>,
     last_published: AtomicI64,
     revoked: broadcast::Sender<Uuid>,
 }
 
-impl Default for Inner {
+impl Default for Hub {
     fn default() -> Self {
-        Self {
-            organizations: DashMap::new(),
-            everything: broadcast::channel(CHANNEL_CAPACITY).0,
-            last_published: AtomicI64::new(0),
-            revoked: broadcast::channel(64).0,
-        }
+        Self::with_capacity(CHANNEL_CAPACITY)
     }
 }
 
 impl Hub {
+    /// A hub whose channels retain `capacity` events (tests use tiny ones to force lag).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                capacity,
+                organizations: DashMap::new(),
+                everything: broadcast::channel(capacity).0,
+                last_published: AtomicI64::new(0),
+                revoked: broadcast::channel(64).0,
+            }),
+        }
+    }
+
     /// Sends committed events to their subscribers; called by the store's writer, in commit
     /// order, after the commit.
     pub fn publish(&self, events: &[Arc<StoredEvent>]) {
@@ -116,7 +125,7 @@ impl Hub {
                 .inner
                 .organizations
                 .entry(org.as_str().to_owned())
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+                .or_insert_with(|| broadcast::channel(self.inner.capacity).0)
                 .subscribe(),
         }
     }
@@ -199,6 +208,8 @@ impl Subscription {
                 if let Some(last) = page.events.last() {
                     self.last_position = last.position;
                     self.replayed += page.events.len() as u64;
+                    metrics::counter!("cpod_events_replayed_total")
+                        .increment(page.events.len() as u64);
                     return Ok(page.events);
                 }
                 continue;
@@ -250,5 +261,133 @@ impl Drop for Subscription {
         let placeholder = broadcast::channel(1).1;
         drop(std::mem::replace(&mut self.receiver, placeholder));
         self.hub.release_channel(&scope);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventType, NewEvent, OrganizationId, ResourceId, ResourceType};
+    use crate::store::{AppendRequest, IngestEndpoint, StoreConfig, SyncMode};
+
+    fn open(capacity: usize) -> (tempfile::TempDir, Hub, Store) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let hub = Hub::with_capacity(capacity);
+        let store = Store::open(
+            &StoreConfig {
+                path: dir.path().join("hub.db"),
+                sync: SyncMode::Off,
+                retention_ms: i64::MAX / 2,
+                readers: 2,
+            },
+            hub.clone(),
+        )
+        .unwrap();
+        (dir, hub, store)
+    }
+
+    fn org() -> OrganizationId {
+        OrganizationId::parse("org-1").unwrap()
+    }
+
+    async fn append(store: &Store, from: usize, count: usize) {
+        let events = (from..from + count)
+            .map(|i| {
+                NewEvent::new(
+                    EventType::parse("custom.n").unwrap(),
+                    ResourceId::parse(&i.to_string()).unwrap(),
+                    ResourceType::parse("n").unwrap(),
+                    org(),
+                    None,
+                    &Default::default(),
+                )
+            })
+            .collect();
+        store
+            .append(AppendRequest {
+                endpoint: IngestEndpoint::Batch,
+                events,
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn read(subscription: &mut Subscription, count: usize) -> Vec<usize> {
+        let mut seen = Vec::new();
+        while seen.len() < count {
+            let batch =
+                tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next())
+                    .await
+                    .expect("events keep coming")
+                    .unwrap();
+            seen.extend(
+                batch
+                    .iter()
+                    .map(|e| e.resource_id.parse::<usize>().unwrap()),
+            );
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_catches_up_from_the_store_without_loss() {
+        let (_dir, hub, store) = open(4);
+        let mut subscription = Subscription::new(
+            &hub,
+            &store,
+            Filter::for_scope(OrgScope::One(org())),
+            Start::Now,
+        );
+        // 300 events through a channel that keeps 4, in batches of 10, while nobody reads.
+        for batch in 0..30 {
+            append(&store, batch * 10, 10).await;
+        }
+        assert_eq!(
+            read(&mut subscription, 300).await,
+            (0..300).collect::<Vec<_>>()
+        );
+        assert!(
+            subscription.replayed > 250,
+            "the catch-up did not go through the store"
+        );
+        // And then it is live again.
+        append(&store, 300, 1).await;
+        assert_eq!(read(&mut subscription, 1).await, vec![300]);
+    }
+
+    #[tokio::test]
+    async fn events_published_during_a_replay_arrive_once_and_in_order() {
+        let (_dir, hub, store) = open(CHANNEL_CAPACITY);
+        append(&store, 0, 1200).await;
+        let mut subscription = Subscription::new(
+            &hub,
+            &store,
+            Filter::for_scope(OrgScope::One(org())),
+            Start::After(0),
+        );
+        let first_page = read(&mut subscription, REPLAY_PAGE).await;
+        assert_eq!(first_page, (0..REPLAY_PAGE).collect::<Vec<_>>());
+        // Mid-replay: more events are committed and published.
+        append(&store, 1200, 100).await;
+        let rest = read(&mut subscription, 800).await;
+        assert_eq!(rest, (REPLAY_PAGE..1300).collect::<Vec<_>>());
+        // The replay was still going when the 100 arrived, so they came from the store too, and
+        // their live copies were dropped as duplicates.
+        assert_eq!(subscription.replayed, 1300);
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_dropped_with_its_last_subscriber() {
+        let (_dir, hub, store) = open(8);
+        let subscription = Subscription::new(
+            &hub,
+            &store,
+            Filter::for_scope(OrgScope::One(org())),
+            Start::Now,
+        );
+        assert_eq!(hub.channel_count(), 1);
+        drop(subscription);
+        assert_eq!(hub.channel_count(), 0);
     }
 }

@@ -7,3 +7,4 @@ mod ingest;
 mod keys;
 mod ops;
 mod streams;
+mod ws;
