@@ -11,12 +11,14 @@
 //! A subscription delivers every matching event with a position greater than its start, exactly
 //! once, in position order:
 //!
-//! 1. it reads the hub's last published position `L` (the writer updates `L` only *after*
-//!    sending a group), then subscribes to the channel; its start is `L`, or the position named by
-//!    `Last-Event-ID` / `since`;
+//! 1. it reads the hub's last published position `L`, subscribes to the channel, and reads `L`
+//!    again. The writer advances `L` *before* sending a group, so if `L` did not move, nothing
+//!    after it was sent before the subscription listened: everything will arrive on the channel
+//!    and there is nothing to replay (a live-only subscriber never touches the store). If `L`
+//!    moved, or the start is an earlier position (`Last-Event-ID`, `since`), it replays;
 //! 2. it replays from the store, in pages, every matching event after its last delivered position
-//!    — this covers events published before the subscription existed, since every published event
-//!    is already committed;
+//!    — this covers events sent before the subscription listened, since an event is committed
+//!    before `L` covers it;
 //! 3. it goes live on the channel, dropping anything at or below its last delivered position
 //!    (events both replayed and received);
 //! 4. on `RecvError::Lagged` (the channel overwrote events this subscriber had not read) it goes
@@ -31,6 +33,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::filter::{Filter, OrgScope};
@@ -54,7 +57,12 @@ struct Inner {
     organizations: DashMap<String, broadcast::Sender<Arc<StoredEvent>>>,
     everything: broadcast::Sender<Arc<StoredEvent>>,
     last_published: AtomicI64,
-    revoked: broadcast::Sender<Uuid>,
+    /// Cancelled once, on shutdown; the parent of every key's token.
+    shutdown: CancellationToken,
+    /// One token per key that has opened a stream, cancelled when the key is revoked. Revoked
+    /// keys keep their cancelled token, so a stream that authenticated just before the
+    /// revocation still ends at once.
+    keys: DashMap<Uuid, CancellationToken>,
 }
 
 impl Default for Hub {
@@ -72,7 +80,8 @@ impl Hub {
                 organizations: DashMap::new(),
                 everything: broadcast::channel(capacity).0,
                 last_published: AtomicI64::new(0),
-                revoked: broadcast::channel(64).0,
+                shutdown: CancellationToken::new(),
+                keys: DashMap::new(),
             }),
         }
     }
@@ -83,6 +92,10 @@ impl Hub {
         let Some(last) = events.last() else {
             return;
         };
+        // Advanced before sending: see step 1 of the invariant.
+        self.inner
+            .last_published
+            .store(last.position, Ordering::Release);
         let everyone = self.inner.everything.receiver_count() > 0;
         for event in events {
             if let Some(channel) = self.inner.organizations.get(&event.organization_id) {
@@ -93,19 +106,26 @@ impl Hub {
                 let _ = self.inner.everything.send(event.clone());
             }
         }
+    }
+
+    /// The token every stream and worker ends with on shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// The token a stream opened with this key ends with: cancelled when the key is revoked or
+    /// the broker shuts down. One persistent future per stream, no shared lock per event.
+    pub fn key_token(&self, key_id: Uuid) -> CancellationToken {
         self.inner
-            .last_published
-            .store(last.position, Ordering::Release);
+            .keys
+            .entry(key_id)
+            .or_insert_with(|| self.inner.shutdown.child_token())
+            .clone()
     }
 
-    /// Tells open streams that a key is revoked, so that they close.
-    pub fn announce_revocation(&self, key_id: Uuid) {
-        let _ = self.inner.revoked.send(key_id);
-    }
-
-    /// Revocations announced from now on.
-    pub fn revocations(&self) -> broadcast::Receiver<Uuid> {
-        self.inner.revoked.subscribe()
+    /// Ends every stream opened with this key.
+    pub fn revoke(&self, key_id: Uuid) {
+        self.key_token(key_id).cancel();
     }
 
     /// The last position published so far.
@@ -171,9 +191,9 @@ impl Subscription {
     pub fn new(hub: &Hub, store: &Store, filter: Filter, start: Start) -> Self {
         let now = hub.last_published();
         let receiver = hub.subscribe_channel(&filter.organization);
-        let last_position = match start {
-            Start::Now => now,
-            Start::After(position) => position,
+        let (last_position, replaying) = match start {
+            Start::Now => (now, hub.last_published() != now),
+            Start::After(position) => (position, true),
         };
         Self {
             hub: hub.clone(),
@@ -181,7 +201,7 @@ impl Subscription {
             filter,
             receiver,
             last_position,
-            replaying: true,
+            replaying,
             replayed: 0,
         }
     }
@@ -375,6 +395,23 @@ mod tests {
         // The replay was still going when the 100 arrived, so they came from the store too, and
         // their live copies were dropped as duplicates.
         assert_eq!(subscription.replayed, 1300);
+    }
+
+    #[test]
+    fn revoking_a_key_cancels_its_token_now_and_later_and_shutdown_cancels_all() {
+        let hub = Hub::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let before = hub.key_token(a);
+        hub.revoke(a);
+        assert!(before.is_cancelled());
+        assert!(
+            hub.key_token(a).is_cancelled(),
+            "a stream opened just after revocation ends too"
+        );
+        let other = hub.key_token(b);
+        assert!(!other.is_cancelled());
+        hub.shutdown_token().cancel();
+        assert!(other.is_cancelled());
     }
 
     #[tokio::test]

@@ -73,7 +73,7 @@ impl Application {
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
 
         crate::telemetry::prometheus();
-        let shutdown = CancellationToken::new();
+        let shutdown = hub.shutdown_token();
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -103,6 +103,12 @@ impl Application {
         })
         .workers(workers)
         .backlog(4096)
+        // Stream frames are small and latency-bound: never let Nagle hold one back.
+        .on_connect(|connection, _| {
+            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .disable_signals()
         .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
         .listen(listener)?

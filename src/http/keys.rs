@@ -262,7 +262,7 @@ pub async fn revoke_key(
             other => other.into(),
         })?;
     state.auth.evict(id);
-    state.hub.announce_revocation(id);
+    state.hub.revoke(id);
     tracing::info!(key_id = %id, "key revoked");
     let mut view = KeyView::from(&record);
     view.revoked_at = Some(format_timestamp(unix_now_ms()));

@@ -8,14 +8,15 @@
 //! when the ticket that opened it expires.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -111,16 +112,23 @@ pub async fn stream_events(
     if let Some(unknown) = &opened.reset {
         pending.push_back(reset_frame(unknown));
     }
+    let heartbeat = state.heartbeat;
     let stream = SseStream {
         subscription: opened.subscription,
         pending,
-        shutdown: state.shutdown.clone(),
-        revocations: state.hub.revocations(),
-        key_id: opened.principal.key_id,
-        deadline: opened.deadline,
-        heartbeat: state.heartbeat,
-        idle_since: Instant::now(),
-        state: state.clone(),
+        ended: Box::pin(
+            state
+                .hub
+                .key_token(opened.principal.key_id)
+                .cancelled_owned(),
+        ),
+        deadline: opened
+            .deadline
+            .map(|d| Box::pin(tokio::time::sleep_until(d))),
+        heartbeat,
+        heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
+        last_sent: Instant::now(),
+        delivered: metrics::counter!("cpod_events_delivered_total", "transport" => "sse"),
         _gauge: SubscriberGauge::new("sse"),
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
@@ -141,16 +149,21 @@ pub async fn stream_events(
         .streaming(body))
 }
 
+/// One open SSE response. The futures it waits on besides the subscription are created once
+/// and kept (pinned) for its whole life: per delivery, only the subscription is polled anew.
 struct SseStream {
     subscription: Subscription,
     pending: VecDeque<Bytes>,
-    shutdown: tokio_util::sync::CancellationToken,
-    revocations: tokio::sync::broadcast::Receiver<Uuid>,
-    key_id: Uuid,
-    deadline: Option<Instant>,
+    /// Resolves when the key is revoked or the broker shuts down.
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the ticket that opened the stream expires.
+    deadline: Option<Pin<Box<Sleep>>>,
     heartbeat: Duration,
-    idle_since: Instant,
-    state: web::Data<AppState>,
+    /// Fires at most once per heartbeat; a keep-alive goes out only if nothing else did since.
+    heartbeat_timer: Pin<Box<Sleep>>,
+    last_sent: Instant,
+    /// Looked up once: the registry lookup would otherwise cost every delivery.
+    delivered: metrics::Counter,
     _gauge: SubscriberGauge,
 }
 
@@ -161,31 +174,29 @@ impl SseStream {
             return Some(chunk);
         }
         loop {
-            let heartbeat_at = self.idle_since + self.heartbeat;
-            let deadline = self.deadline;
+            let deadline = async {
+                match self.deadline.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return None,
-                revoked = self.revocations.recv() => match revoked {
-                    Ok(id) if id == self.key_id => return None,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        // Missed announcements: ask the store whether this key still stands.
-                        if !matches!(self.state.store.active_key(self.key_id).await, Ok(Some(_))) {
-                            return None;
-                        }
+                _ = self.ended.as_mut() => return None,
+                _ = deadline => return None,
+                _ = self.heartbeat_timer.as_mut() => {
+                    let due = self.last_sent + self.heartbeat;
+                    if Instant::now() >= due {
+                        self.last_sent = Instant::now();
+                        self.heartbeat_timer.as_mut().reset(self.last_sent + self.heartbeat);
+                        return Some(Bytes::from_static(KEEP_ALIVE));
                     }
-                    Err(RecvError::Closed) => return None,
-                },
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => return None,
-                _ = tokio::time::sleep_until(heartbeat_at) => {
-                    self.idle_since = Instant::now();
-                    return Some(Bytes::from_static(KEEP_ALIVE));
+                    self.heartbeat_timer.as_mut().reset(due);
                 }
                 next = self.subscription.next() => match next {
                     Ok(events) => {
-                        self.idle_since = Instant::now();
-                        metrics::counter!("cpod_events_delivered_total", "transport" => "sse").increment(events.len() as u64);
+                        self.last_sent = Instant::now();
+                        self.delivered.increment(events.len() as u64);
                         return Some(frames(&events));
                     }
                     Err(e) => {

@@ -17,7 +17,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, Session};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +127,10 @@ impl Socket {
             None => (None, None),
         };
         Self {
-            closing: state.shutdown.child_token(),
+            closing: match &principal {
+                Some(p) => state.hub.key_token(p.key_id).child_token(),
+                None => state.shutdown.child_token(),
+            },
             state,
             session,
             principal,
@@ -141,7 +144,6 @@ impl Socket {
     async fn run(mut self, messages: actix_ws::MessageStream) {
         let mut messages = messages.max_frame_size(64 * 1024);
         let mut queued = self.queued.take().expect("run once");
-        let mut revocations = self.state.hub.revocations();
         let heartbeat = self.state.heartbeat;
         let opened = Instant::now();
         let mut last_seen = Instant::now();
@@ -151,16 +153,12 @@ impl Socket {
             let deadline = self.deadline;
             tokio::select! {
                 biased;
-                _ = self.closing.cancelled() => break Some(CloseReason { code: CloseCode::Away, description: Some("the broker is shutting down".into()) }),
-                revoked = revocations.recv() => {
-                    let ended = match (revoked, &self.principal) {
-                        (Ok(id), Some(p)) => id == p.key_id,
-                        (Err(RecvError::Lagged(_)), Some(p)) => !matches!(self.state.store.active_key(p.key_id).await, Ok(Some(_))),
-                        _ => false,
-                    };
-                    if ended {
-                        break Some(CloseReason { code: CloseCode::Other(CLOSE_CREDENTIAL_ENDED), description: Some("the key was revoked".into()) });
-                    }
+                _ = self.closing.cancelled() => {
+                    break Some(if self.state.shutdown.is_cancelled() {
+                        CloseReason { code: CloseCode::Away, description: Some("the broker is shutting down".into()) }
+                    } else {
+                        CloseReason { code: CloseCode::Other(CLOSE_CREDENTIAL_ENDED), description: Some("the key was revoked".into()) }
+                    });
                 }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     break Some(CloseReason { code: CloseCode::Other(CLOSE_CREDENTIAL_ENDED), description: Some("the stream ticket expired".into()) });
@@ -370,6 +368,7 @@ async fn run_subscription(
     cancel: CancellationToken,
 ) {
     let _gauge = SubscriberGauge::new("ws");
+    let delivered = metrics::counter!("cpod_events_delivered_total", "transport" => "ws");
     loop {
         let events = tokio::select! {
             biased;
@@ -383,8 +382,7 @@ async fn run_subscription(
                 }
             },
         };
-        metrics::counter!("cpod_events_delivered_total", "transport" => "ws")
-            .increment(events.len() as u64);
+        delivered.increment(events.len() as u64);
         for event in events {
             tokio::select! {
                 biased;

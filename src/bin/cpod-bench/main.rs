@@ -27,6 +27,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+mod fanout;
+
 #[derive(Parser)]
 #[command(name = "cpod-bench", about = "Load generator for cPod Events")]
 struct Cli {
@@ -38,10 +40,31 @@ struct Cli {
 enum Scenario {
     /// Durable ingestion throughput and latency.
     Ingest(IngestArgs),
+    /// Fan-out: N stream subscribers, events published at a fixed rate.
+    Fanout(fanout::FanoutArgs),
+}
+
+/// Which broker to drive: a fresh one started by this tool, or `--url`.
+#[derive(Args, Clone)]
+struct BrokerArgs {
+    /// An already running broker; without it, a fresh one is started.
+    #[arg(long, requires = "admin_key")]
+    url: Option<String>,
+    /// The admin key of `--url`'s broker.
+    #[arg(long)]
+    admin_key: Option<String>,
+    /// Durability of the broker this tool starts (full, normal, off).
+    #[arg(long, default_value = "full")]
+    sqlite_sync: String,
+    /// HTTP worker threads of the broker this tool starts.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args, Clone)]
 struct IngestArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -56,24 +79,13 @@ struct IngestArgs {
     /// Approximate size of each event's JSON, in bytes.
     #[arg(long, default_value_t = 300)]
     event_bytes: usize,
-    /// An already running broker; without it, a fresh one is started.
-    #[arg(long, requires = "key")]
-    url: Option<String>,
-    /// A service key for `--url`.
-    #[arg(long, env = "CPOD_API_KEY")]
-    key: Option<String>,
-    /// Durability of the broker this tool starts (full, normal, off).
-    #[arg(long, default_value = "full")]
-    sqlite_sync: String,
-    /// HTTP worker threads of the broker this tool starts.
-    #[arg(long)]
-    workers: Option<usize>,
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Scenario::Ingest(args) => ingest(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await,
     }
 }
 
@@ -104,7 +116,7 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
 
 const ADMIN_KEY: &str = "cpk_bench_admin_key_0000000000000000000000000";
 
-fn spawn_broker(args: &IngestArgs) -> anyhow::Result<(SpawnedBroker, String)> {
+fn spawn_broker(args: &BrokerArgs) -> anyhow::Result<(SpawnedBroker, String)> {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::Builder::new().prefix("cpod-bench-").tempdir()?;
     let mut command = Command::new(broker_binary()?);
@@ -116,6 +128,7 @@ fn spawn_broker(args: &IngestArgs) -> anyhow::Result<(SpawnedBroker, String)> {
         )
         .env("CPOD_ADMIN_KEY", ADMIN_KEY)
         .env("CPOD_SQLITE_SYNC", &args.sqlite_sync)
+        .env("CPOD_HEARTBEAT", "60s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -158,12 +171,24 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-async fn create_service_key(base: &str) -> anyhow::Result<String> {
+/// Starts a broker unless `--url` names one; answers it (if started), its base URL and an
+/// admin key.
+fn broker_for(args: &BrokerArgs) -> anyhow::Result<(Option<SpawnedBroker>, String, String)> {
+    match (&args.url, &args.admin_key) {
+        (Some(url), Some(admin)) => Ok((None, url.trim_end_matches('/').to_owned(), admin.clone())),
+        _ => {
+            let (broker, address) = spawn_broker(args)?;
+            Ok((Some(broker), address, ADMIN_KEY.to_owned()))
+        }
+    }
+}
+
+async fn create_key(base: &str, admin: &str, role: &str) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{base}/v1/keys"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"organizationId": "bench", "role": "service", "name": "cpod-bench"}))
+        .bearer_auth(admin)
+        .json(&json!({"organizationId": "bench", "role": role, "name": "cpod-bench"}))
         .send()
         .await?;
     let body: Value = response.json().await?;
@@ -194,14 +219,8 @@ struct WorkerResult {
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let (broker, base, key) = match (&args.url, &args.key) {
-        (Some(url), Some(key)) => (None, url.trim_end_matches('/').to_owned(), key.clone()),
-        _ => {
-            let (broker, address) = spawn_broker(&args)?;
-            let key = create_service_key(&address).await?;
-            (Some(broker), address, key)
-        }
-    };
+    let (broker, base, admin) = broker_for(&args.broker)?;
+    let key = create_key(&base, &admin, "service").await?;
     let authority = base.trim_start_matches("http://").to_owned();
     let path = if args.batch > 1 {
         "/v1/events/batch"
@@ -292,7 +311,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let rate = events as f64 / elapsed;
     println!(
         "scenario      ingest: {} connections, {} event(s) per request, ~{} B per event, sync={}",
-        args.connections, args.batch, args.event_bytes, args.sqlite_sync
+        args.connections, args.batch, args.event_bytes, args.broker.sqlite_sync
     );
     println!("events/s      {rate:.0}");
     println!("requests/s    {:.0}", latencies.len() as f64 / elapsed);
