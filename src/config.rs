@@ -85,6 +85,25 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_SQLITE_SYNC", value_enum, default_value = "full")]
     pub sqlite_sync: SyncMode,
 
+    /// Allow webhook URLs on private, loopback and other non-public addresses (local
+    /// development and tests).
+    #[arg(long, env = "CPOD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// Delays before each webhook attempt, comma-separated; `0s,1s,2s` means three attempts.
+    #[arg(
+        long,
+        env = "CPOD_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "0s,5s,5m,30m,2h,5h,10h,14h,20h,24h",
+        value_parser = parse_schedule
+    )]
+    pub webhook_retry_schedule: RetrySchedule,
+
+    /// An endpoint with no success for this long is disabled when a delivery exhausts its
+    /// retries.
+    #[arg(long, env = "CPOD_WEBHOOK_DISABLE_AFTER", default_value = "5d", value_parser = parse_positive_duration)]
+    pub webhook_disable_after: Duration,
+
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "CPOD_WORKERS")]
     pub workers: Option<NonZeroU32>,
@@ -114,6 +133,28 @@ pub fn exit_explaining(error: clap::Error) -> ! {
         }
     }
     error.exit()
+}
+
+/// The delays before each webhook attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn parse_schedule(raw: &str) -> Result<RetrySchedule, String> {
+    let delays = raw
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            if d == "0" {
+                Ok(Duration::ZERO)
+            } else {
+                humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}"))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() || delays.len() > 50 {
+        return Err("give 1 to 50 delays, e.g. 0s,5s,5m".into());
+    }
+    Ok(RetrySchedule(delays))
 }
 
 /// A parsed `CPOD_DATABASE_URL`.
@@ -171,6 +212,9 @@ mod tests {
         assert_eq!(config.heartbeat, Duration::from_secs(15));
         assert_eq!(config.max_event_bytes, 65_536);
         assert_eq!(config.sqlite_sync, SyncMode::Full);
+        assert_eq!(config.webhook_retry_schedule.0.len(), 10);
+        assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
+        assert!(!config.webhook_allow_private);
         assert_eq!(
             config.database_url,
             DatabaseUrl::Sqlite("./data/cpod-events.db".into())
@@ -193,6 +237,14 @@ mod tests {
             (&["--database-url", "mysql://x"][..], "--database-url"),
             (&["--admin-key", "cpk_short"][..], "--admin-key"),
             (&["--max-event-bytes", "10"][..], "--max-event-bytes"),
+            (
+                &["--webhook-retry-schedule", "0s,soon"][..],
+                "--webhook-retry-schedule",
+            ),
+            (
+                &["--webhook-allow-private", "maybe"][..],
+                "--webhook-allow-private",
+            ),
         ] {
             let message = parse(args).unwrap_err().to_string();
             assert!(message.contains(name), "{args:?}: {message}");

@@ -9,6 +9,7 @@
 //! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
 //! - [`http::sse`]      — `GET /v1/events/stream`: Server-Sent Events
 //! - [`http::ws`]       — `GET /v1/events/ws`: the WebSocket protocol
+//! - [`webhooks`]       — signed HTTP delivery from a durable queue (`store::webhooks`)
 //!
 //! Around it:
 //!
@@ -19,6 +20,7 @@
 //! - [`filter`]     — organization scope, type globs, exact fields
 //! - [`error`]      — the one JSON error type
 //! - [`http::keys`] — `/v1/keys`
+//! - [`http::webhooks`] — `/v1/webhooks`
 //! - [`http::ops`]  — `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
 //! - [`retention`]  — pruning of expired events
 //! - [`telemetry`]  — logs, the Prometheus recorder, request metrics
@@ -37,3 +39,4 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;
+pub mod webhooks;

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::event::Event;
 use crate::http::keys::{CreatedKey, KeyView};
+use crate::http::webhooks::{CreatedWebhook, WebhookView};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,14 +24,23 @@ use crate::http::keys::{CreatedKey, KeyView};
         crate::http::sse::stream_events,
         crate::http::ws::open_socket,
         crate::http::streams::create_ticket,
+        crate::http::webhooks::create_webhook,
+        crate::http::webhooks::list_webhooks,
+        crate::http::webhooks::get_webhook,
+        crate::http::webhooks::update_webhook,
+        crate::http::webhooks::delete_webhook,
+        crate::http::webhooks::rotate_secret,
+        crate::http::webhooks::test_webhook,
+        crate::http::webhooks::list_deliveries,
+        crate::http::webhooks::retry_delivery,
         crate::http::ops::healthz,
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi_json,
     ),
-    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody)),
+    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView)),
     modifiers(&BearerAuth),
-    tags((name = "events"), (name = "streams"), (name = "keys"), (name = "operations"))
+    tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"))
 )]
 pub struct ApiDoc;
 
@@ -175,6 +185,83 @@ pub struct TicketBody {
     /// `cpt_…`: pass as `?ticket=` to the stream endpoints.
     pub ticket: String,
     pub expires_at: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewWebhookBody {
+    /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
+    pub url: String,
+    /// Type patterns, default `["*"]`.
+    pub types: Option<Vec<String>>,
+    pub resource_type: Option<String>,
+    pub description: Option<String>,
+    /// Admin keys only (and required there).
+    pub organization_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookPatchBody {
+    pub url: Option<String>,
+    pub types: Option<Vec<String>>,
+    pub resource_type: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<WebhookView>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecret {
+    pub secret: String,
+    pub previous_secret_expires_at: String,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestResult {
+    pub success: bool,
+    pub response_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    pub attempt: i64,
+    pub response_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub attempted_at: String,
+    /// The first 20,000 bytes of the answer.
+    pub response_body: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub id: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// pending, succeeded or failed.
+    pub status: String,
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryPage {
+    pub data: Vec<DeliveryView>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
 }
 
 /// The document as JSON text.

@@ -21,6 +21,8 @@ use crate::config::{DatabaseUrl, ServeConfig};
 use crate::event::unix_now_ms;
 use crate::hub::Hub;
 use crate::store::{KeyRecord, NewKey, Store, StoreConfig};
+use crate::webhooks::WebhookSettings;
+use crate::webhooks::worker::Deliverer;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const GRACEFUL_TIMEOUT_SECS: u64 = 5;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
+    /// Sends webhook requests (the worker and `POST /v1/webhooks/{id}/test`).
+    pub deliverer: Arc<Deliverer>,
 }
 
 pub struct Application {
@@ -54,6 +58,7 @@ pub struct Application {
     shutdown: CancellationToken,
     generated_admin_key: Option<String>,
     retention_task: tokio::task::JoinHandle<()>,
+    webhook_worker: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -74,6 +79,16 @@ impl Application {
 
         crate::telemetry::prometheus();
         let shutdown = hub.shutdown_token();
+        let deliverer = Arc::new(Deliverer::new(WebhookSettings::new(
+            config.webhook_retry_schedule.0.clone(),
+            config.webhook_allow_private,
+            config.webhook_disable_after,
+        ))?);
+        let webhook_worker = tokio::spawn(crate::webhooks::worker::run(
+            store.clone(),
+            deliverer.clone(),
+            shutdown.clone(),
+        ));
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -85,6 +100,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes as usize,
             },
             openapi: crate::openapi::document(),
+            deliverer,
         });
 
         let listener = TcpListener::bind(config.listen)
@@ -137,6 +153,7 @@ impl Application {
             shutdown,
             generated_admin_key,
             retention_task,
+            webhook_worker,
         })
     }
 
@@ -161,6 +178,7 @@ impl Application {
             store,
             shutdown,
             retention_task,
+            webhook_worker,
             ..
         } = self;
         let stopper = {
@@ -174,6 +192,7 @@ impl Application {
         shutdown.cancel();
         let _ = stopper.await;
         let _ = retention_task.await;
+        let _ = webhook_worker.await;
         store.close().await;
         served.context("the HTTP server failed")
     }

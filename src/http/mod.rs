@@ -7,6 +7,7 @@ pub mod keys;
 pub mod ops;
 pub mod sse;
 pub mod streams;
+pub mod webhooks;
 pub mod ws;
 
 use actix_web::http::header;
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     history::configure(cfg);
     keys::configure(cfg);
     streams::configure(cfg);
+    webhooks::configure(cfg);
     ops::configure(cfg);
 }
 

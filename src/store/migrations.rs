@@ -59,6 +59,50 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     "#,
+    // 3: webhook endpoints, the delivery queue and its attempt log.
+    r#"
+    CREATE TABLE webhooks (
+        id                         BLOB    PRIMARY KEY,
+        organization_id            TEXT    NOT NULL,
+        url                        TEXT    NOT NULL,
+        types                      TEXT    NOT NULL,
+        resource_type              TEXT,
+        description                TEXT,
+        enabled                    INTEGER NOT NULL,
+        secret                     TEXT    NOT NULL,
+        previous_secret            TEXT,
+        previous_secret_expires_ms INTEGER,
+        created_ms                 INTEGER NOT NULL,
+        last_success_ms            INTEGER,
+        disabled_reason            TEXT
+    );
+    CREATE INDEX webhooks_org ON webhooks(organization_id);
+
+    CREATE TABLE deliveries (
+        id              BLOB    PRIMARY KEY,
+        webhook_id      BLOB    NOT NULL,
+        event_pos       INTEGER NOT NULL,
+        event_id        BLOB    NOT NULL,
+        event_type      TEXT    NOT NULL,
+        status          TEXT    NOT NULL,
+        attempts        INTEGER NOT NULL,
+        next_attempt_ms INTEGER,
+        created_ms      INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries(next_attempt_ms) WHERE status = 'pending';
+    CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);
+
+    CREATE TABLE delivery_attempts (
+        delivery_id     BLOB    NOT NULL,
+        attempt         INTEGER NOT NULL,
+        response_status INTEGER,
+        error           TEXT,
+        duration_ms     INTEGER NOT NULL,
+        attempted_ms    INTEGER NOT NULL,
+        response_body   TEXT,
+        PRIMARY KEY (delivery_id, attempt)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.

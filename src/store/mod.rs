@@ -14,6 +14,7 @@
 
 mod migrations;
 mod sqlite;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::auth::Role;
 use crate::event::{NewEvent, OrganizationId};
 use crate::filter::Filter;
 
-pub use sqlite::Store;
+pub use sqlite::{Store, WriteContext};
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

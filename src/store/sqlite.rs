@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::migrations::migrate;
+use super::webhooks::WebhookMatchers;
 use super::{
     AppendOutcome, AppendRequest, HistoryPage, HistoryQuery, IDEMPOTENCY_WINDOW_MS, KeyRecord,
     NewKey, Order, PruneReport, StoreConfig, StoreError, StoredEvent, SyncMode,
@@ -49,7 +50,25 @@ enum Command {
         batch: usize,
         reply: Reply<PruneReport>,
     },
+    /// A write of another module (webhooks), run inside the group's transaction.
+    Job(Job),
     Shutdown,
+}
+
+/// A write job: runs in the group's transaction; its answer is sent after the commit.
+type Job = Box<dyn FnOnce(&mut WriteContext<'_>) -> (Finished, Option<StoreError>) + Send>;
+
+/// What a write job sees: the connection, inside the group's transaction.
+pub struct WriteContext<'a> {
+    pub conn: &'a Connection,
+    webhooks_changed: bool,
+}
+
+impl WriteContext<'_> {
+    /// Says that webhook endpoints changed, so new events are matched against them at once.
+    pub fn webhooks_changed(&mut self) {
+        self.webhooks_changed = true;
+    }
 }
 
 /// A cheap-clone handle on the store.
@@ -63,6 +82,7 @@ struct Inner {
     readers: ReaderPool,
     retention_ms: i64,
     ticket_secret: [u8; 32],
+    deliveries_ready: Arc<tokio::sync::Notify>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -136,7 +156,8 @@ impl Store {
         let ticket_secret = ensure_secret(&conn, "stream_ticket_secret")?;
         let readers = ReaderPool::open(&config.path, config.readers.max(1))?;
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer::new(conn, hub)?;
+        let deliveries_ready = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer::new(conn, hub, deliveries_ready.clone())?;
         let handle = std::thread::Builder::new()
             .name("cpod-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -147,6 +168,7 @@ impl Store {
                 readers,
                 retention_ms: config.retention_ms,
                 ticket_secret,
+                deliveries_ready,
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             }),
@@ -161,6 +183,51 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` in the writer, inside a group's transaction, and answers its result once
+    /// committed. A `StoreError::Internal` from `work` rolls the whole group back.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteContext<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.command(|reply| {
+            Command::Job(Box::new(move |context| {
+                let result = work(context);
+                let (result, failure) = match result {
+                    Err(StoreError::Internal(e)) => (
+                        Err(StoreError::Internal(anyhow::anyhow!("the commit failed"))),
+                        Some(StoreError::Internal(e)),
+                    ),
+                    other => (other, None),
+                };
+                let answer: Box<dyn FnOnce(bool) + Send> = Box::new(move |commit_failed| {
+                    let result = if commit_failed {
+                        Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))
+                    } else {
+                        result
+                    };
+                    let _ = reply.send(result);
+                });
+                (Finished::Job(answer), failure)
+            }))
+        })
+        .await
+    }
+
+    /// Runs `work` on a read-only connection.
+    pub async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.readers.read(work).await
+    }
+
+    /// Notified after a commit that queued webhook deliveries.
+    pub fn deliveries_ready(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.deliveries_ready.clone()
     }
 
     /// Stores a single event or an atomic batch, honouring its idempotency key.
@@ -626,6 +693,11 @@ impl ReaderPool {
 struct Writer {
     conn: Connection,
     hub: Hub,
+    /// Enabled webhook endpoints, matched against every new event.
+    webhooks: WebhookMatchers,
+    /// Whether this group queued webhook deliveries (the worker is told after the commit).
+    deliveries_queued: bool,
+    deliveries_ready: Arc<tokio::sync::Notify>,
     /// The last timestamp given: the clock is clamped to it so timestamps never go back.
     last_timestamp_ms: i64,
 }
@@ -639,6 +711,7 @@ enum Finished {
     ),
     Bootstrap(Reply<bool>, Result<bool, StoreError>),
     Prune(Reply<PruneReport>, Result<PruneReport, StoreError>),
+    Job(Box<dyn FnOnce(bool) + Send>),
 }
 
 impl Finished {
@@ -657,6 +730,7 @@ impl Finished {
             Finished::Key(r, v) => send(r, v, commit_failed),
             Finished::Bootstrap(r, v) => send(r, v, commit_failed),
             Finished::Prune(r, v) => send(r, v, commit_failed),
+            Finished::Job(answer) => answer(commit_failed),
         }
     }
 
@@ -670,7 +744,11 @@ impl Finished {
 }
 
 impl Writer {
-    fn new(conn: Connection, hub: Hub) -> Result<Self, StoreError> {
+    fn new(
+        conn: Connection,
+        hub: Hub,
+        deliveries_ready: Arc<tokio::sync::Notify>,
+    ) -> Result<Self, StoreError> {
         let last: Option<i64> =
             conn.query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))?;
         // AUTOINCREMENT's counter, not max(pos): it survives the pruning of the newest event.
@@ -682,9 +760,13 @@ impl Writer {
             )
             .optional()?;
         hub.set_last_published(last_position.unwrap_or(0));
+        let webhooks = WebhookMatchers::load(&conn)?;
         Ok(Self {
             conn,
             hub,
+            webhooks,
+            deliveries_queued: false,
+            deliveries_ready,
             last_timestamp_ms: last.unwrap_or(0),
         })
     }
@@ -744,6 +826,12 @@ impl Writer {
             tracing::error!(error = %e, "store commit failed; the group is rolled back");
             let _ = self.conn.execute_batch("ROLLBACK");
             self.last_timestamp_ms = saved_timestamp;
+            self.deliveries_queued = false;
+            // A webhook change in the failed group must not stay in the matchers.
+            match WebhookMatchers::load(&self.conn) {
+                Ok(matchers) => self.webhooks = matchers,
+                Err(e) => tracing::error!(error = %e, "cannot reload webhook matchers"),
+            }
             // Commands not reached are answered by being dropped (their callers see `Closed`).
             group.clear();
             true
@@ -751,6 +839,9 @@ impl Writer {
             false
         };
         let events: usize = finished.iter().map(|f| f.stored_events().len()).sum();
+        if std::mem::take(&mut self.deliveries_queued) && !commit_failed {
+            self.deliveries_ready.notify_one();
+        }
         if !commit_failed && events > 0 {
             let committed: Vec<Arc<StoredEvent>> = finished
                 .iter()
@@ -824,6 +915,21 @@ impl Writer {
                 reply,
                 self.prune(events_before_ms, idempotency_before_ms, batch),
             ),
+            Command::Job(job) => {
+                let mut context = WriteContext {
+                    conn: &self.conn,
+                    webhooks_changed: false,
+                };
+                let (finished, failure) = job(&mut context);
+                if context.webhooks_changed && failure.is_none() {
+                    // Read inside the transaction: events later in this group see the change.
+                    match WebhookMatchers::load(&self.conn) {
+                        Ok(matchers) => self.webhooks = matchers,
+                        Err(e) => return (finished, Some(e)),
+                    }
+                }
+                (finished, failure)
+            }
             Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
         }
     }
@@ -912,7 +1018,7 @@ impl Writer {
                 timestamp_ms,
                 json_text,
             ])?;
-        Ok(Arc::new(StoredEvent {
+        let event = Arc::new(StoredEvent {
             position: self.conn.last_insert_rowid(),
             id,
             organization_id: event.organization_id.as_str().to_owned(),
@@ -923,7 +1029,15 @@ impl Writer {
             timestamp_ms,
             json: Bytes::from(json),
             sse: Default::default(),
-        }))
+        });
+        if self
+            .webhooks
+            .create_deliveries(&self.conn, &event, timestamp_ms)?
+            > 0
+        {
+            self.deliveries_queued = true;
+        }
+        Ok(event)
     }
 
     fn insert_optional(

@@ -404,3 +404,46 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
+
+/// A Python with the `standardwebhooks` package (PyPI), in a virtual environment under
+/// `target/`, made on first use (once per test process).
+pub fn standardwebhooks_python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("pyenv-standardwebhooks");
+            let python = venv.join("bin").join("python");
+            let installed = || {
+                Command::new(&python)
+                    .args(["-c", "import standardwebhooks"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if !installed() {
+                let status = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .expect("python3 is installed");
+                assert!(status.success(), "cannot make a virtual environment");
+                let status = Command::new(venv.join("bin").join("pip"))
+                    .args([
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "standardwebhooks==1.0.1",
+                    ])
+                    .status()
+                    .expect("pip runs");
+                assert!(
+                    status.success(),
+                    "cannot install standardwebhooks from PyPI"
+                );
+                assert!(installed(), "standardwebhooks does not import");
+            }
+            python
+        })
+        .clone()
+}

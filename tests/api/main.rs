@@ -6,5 +6,7 @@ mod history;
 mod ingest;
 mod keys;
 mod ops;
+mod receiver;
 mod streams;
+mod webhooks;
 mod ws;

@@ -1,0 +1,481 @@
+//! The delivery worker: reads due deliveries from the store, sends them concurrently (bounded
+//! overall and per endpoint), records every attempt through the writer and schedules the next.
+//!
+//! At least once: a delivery leaves the queue only when an attempt's outcome is committed. An
+//! attempt cut short by a crash or shutdown is simply due again after a restart. Claims are kept
+//! in memory, so one broker process delivers a queue (the scale-out store will need leases).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::WebhookSettings;
+use super::signing::sign;
+use super::url_guard;
+use crate::event::unix_now_ms;
+use crate::store::Store;
+use crate::store::webhooks::{
+    AttemptOutcome, AttemptRecord, DueDelivery, NextStep, WebhookRecord, due_deliveries,
+    queue_state, record_attempt,
+};
+
+/// Bytes of an answer kept in the attempt log.
+pub const MAX_LOGGED_BODY: usize = 20_000;
+/// How often the queue is looked at when nothing wakes the worker.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const DUE_BATCH: usize = 256;
+
+/// What one attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptResult {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub body: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl AttemptResult {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// Sends signed webhook requests: shared by the worker and the `test` endpoint.
+pub struct Deliverer {
+    client: reqwest::Client,
+    pub settings: WebhookSettings,
+}
+
+impl Deliverer {
+    pub fn new(settings: WebhookSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .dns_resolver(url_guard::resolver(settings.allow_private))
+            .user_agent(concat!("cpod-events-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { client, settings })
+    }
+
+    /// One signed POST of `body` to the endpoint; never fails, the result says what happened.
+    pub async fn send(
+        &self,
+        webhook: &WebhookRecord,
+        message_id: &str,
+        event_type: &str,
+        body: Bytes,
+    ) -> AttemptResult {
+        let started = Instant::now();
+        let failed = |error: String| AttemptResult {
+            status: None,
+            error: Some(error),
+            duration_ms: started.elapsed().as_millis() as i64,
+            body: None,
+            retry_after: None,
+        };
+        let url = match url_guard::parse(&webhook.url) {
+            Ok(url) => url,
+            Err(e) => return failed(e.to_string()),
+        };
+        if let Err(e) = url_guard::check(&url, self.settings.allow_private).await {
+            return failed(format!("refused: {e}"));
+        }
+        let timestamp = unix_now_ms() / 1000;
+        let signatures = sign(
+            &webhook.active_secrets(unix_now_ms()),
+            message_id,
+            timestamp,
+            &body,
+        );
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", message_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signatures.standard)
+            .header("x-cpod-signature", signatures.cpod)
+            .header("x-cpod-event-type", event_type)
+            .body(body);
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return failed(describe(&e)),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut kept = Vec::new();
+        let mut stream = response.bytes_stream();
+        let mut error = None;
+        while kept.len() < MAX_LOGGED_BODY {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    kept.extend_from_slice(&chunk[..chunk.len().min(MAX_LOGGED_BODY - kept.len())])
+                }
+                Some(Err(e)) => {
+                    error = Some(format!("reading the answer failed: {}", describe(&e)));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let ok = (200..300).contains(&status);
+        AttemptResult {
+            status: Some(status),
+            error: error.or_else(|| (!ok).then(|| format!("the endpoint answered {status}"))),
+            duration_ms: started.elapsed().as_millis() as i64,
+            body: Some(String::from_utf8_lossy(&kept).into_owned()),
+            retry_after,
+        }
+    }
+
+    /// What follows attempt number `attempt` (1-based) of a delivery to `webhook`.
+    pub fn next_step(
+        &self,
+        webhook: &WebhookRecord,
+        attempt: i64,
+        result: &AttemptResult,
+        now_ms: i64,
+    ) -> (NextStep, Option<String>) {
+        if result.succeeded() {
+            return (NextStep::Succeeded, None);
+        }
+        if result.status == Some(410) {
+            return (
+                NextStep::Failed,
+                Some("the endpoint answered 410 Gone".into()),
+            );
+        }
+        match self.settings.schedule.get(attempt as usize) {
+            Some(delay) => {
+                let mut at = now_ms + jittered(*delay).as_millis() as i64;
+                if let Some(wait) = result.retry_after {
+                    at = at.max(now_ms + wait.as_millis() as i64);
+                }
+                (NextStep::RetryAt(at), None)
+            }
+            None => {
+                let last_success = webhook.last_success_ms.unwrap_or(webhook.created_ms);
+                let silent_for = now_ms - last_success;
+                let disable =
+                    (silent_for >= self.settings.disable_after.as_millis() as i64).then(|| {
+                        "no successful delivery while a delivery exhausted its retries".to_owned()
+                    });
+                (NextStep::Failed, disable)
+            }
+        }
+    }
+}
+
+/// A delay with ±20% jitter (zero stays zero).
+pub fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.8..=1.2))
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds.min(7 * 86_400)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value.trim()).ok()?;
+    let wait = at.timestamp_millis() - unix_now_ms();
+    Some(Duration::from_millis(wait.max(0) as u64))
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        format!(
+            "could not connect: {}",
+            std::error::Error::source(error).map_or_else(|| error.to_string(), |s| s.to_string())
+        )
+    } else {
+        error.to_string()
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: CancellationToken) {
+    let ready = store.deliveries_ready();
+    let in_flight: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    let overall = Arc::new(Semaphore::new(deliverer.settings.max_in_flight));
+    let mut per_endpoint: HashMap<Uuid, Arc<Semaphore>> = HashMap::new();
+    let mut attempts = JoinSet::new();
+    let mut last_gauges = Instant::now() - Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ready.notified() => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+        while attempts.try_join_next().is_some() {}
+        let now = unix_now_ms();
+        if last_gauges.elapsed() > Duration::from_secs(1) {
+            last_gauges = Instant::now();
+            if let Ok((depth, oldest)) = store.read(move |c| queue_state(c, now)).await {
+                metrics::gauge!("cpod_webhook_queue_depth").set(depth as f64);
+                metrics::gauge!("cpod_webhook_oldest_pending_seconds")
+                    .set(oldest.unwrap_or(0) as f64 / 1000.0);
+            }
+            per_endpoint.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let due = match store.read(move |c| due_deliveries(c, now, DUE_BATCH)).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the webhook queue");
+                continue;
+            }
+        };
+        for delivery in due {
+            if !in_flight
+                .lock()
+                .expect("in-flight lock")
+                .insert(delivery.id)
+            {
+                continue;
+            }
+            let endpoint = per_endpoint
+                .entry(delivery.webhook.id)
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        deliverer.settings.max_in_flight_per_endpoint,
+                    ))
+                })
+                .clone();
+            let (store, deliverer, overall, in_flight) = (
+                store.clone(),
+                deliverer.clone(),
+                overall.clone(),
+                in_flight.clone(),
+            );
+            attempts.spawn(async move {
+                let _endpoint = endpoint.acquire_owned().await;
+                let _overall = overall.acquire_owned().await;
+                let id = delivery.id;
+                attempt(&store, &deliverer, delivery).await;
+                in_flight.lock().expect("in-flight lock").remove(&id);
+            });
+        }
+    }
+    // Attempts cut short here are due again after a restart: at least once.
+    attempts.shutdown().await;
+}
+
+/// Makes one attempt of a due delivery and records it.
+async fn attempt(store: &Store, deliverer: &Deliverer, delivery: DueDelivery) {
+    let number = delivery.attempts + 1;
+    let attempted_ms = unix_now_ms();
+    let result = match delivery.body.clone() {
+        Some(body) => {
+            deliverer
+                .send(
+                    &delivery.webhook,
+                    &delivery.event_id.to_string(),
+                    &delivery.event_type,
+                    body,
+                )
+                .await
+        }
+        None => AttemptResult {
+            status: None,
+            error: Some("the event has expired".into()),
+            duration_ms: 0,
+            body: None,
+            retry_after: None,
+        },
+    };
+    metrics::histogram!("cpod_webhook_attempt_seconds").record(result.duration_ms as f64 / 1000.0);
+    let (next, disable) = if delivery.body.is_none() {
+        (NextStep::Failed, None)
+    } else {
+        deliverer.next_step(&delivery.webhook, number, &result, unix_now_ms())
+    };
+    let outcome_label = match next {
+        NextStep::Succeeded => "succeeded",
+        NextStep::RetryAt(_) => "retrying",
+        NextStep::Failed => "failed",
+    };
+    metrics::counter!("cpod_webhook_deliveries_total", "outcome" => outcome_label).increment(1);
+    if let Some(reason) = &disable {
+        tracing::warn!(webhook = %delivery.webhook.id, reason = reason.as_str(), "webhook endpoint disabled");
+    }
+    let outcome = AttemptOutcome {
+        delivery_id: delivery.id,
+        webhook_id: delivery.webhook.id,
+        attempt: AttemptRecord {
+            attempt: number,
+            response_status: result.status,
+            error: result.error,
+            duration_ms: result.duration_ms,
+            attempted_ms,
+            response_body: result.body,
+        },
+        next,
+        disable: disable.clone(),
+    };
+    let disables = disable.is_some();
+    let recorded = store
+        .write(move |context| {
+            record_attempt(context.conn, &outcome)?;
+            if disables {
+                context.webhooks_changed();
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, delivery = %delivery.id, "cannot record a webhook attempt; it will be retried");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(created_ms: i64, last_success_ms: Option<i64>) -> WebhookRecord {
+        WebhookRecord {
+            id: Uuid::nil(),
+            organization_id: "o".into(),
+            url: "http://example.com".into(),
+            types: vec!["*".into()],
+            resource_type: None,
+            description: None,
+            enabled: true,
+            secret: "whsec_x".into(),
+            previous_secret: None,
+            previous_secret_expires_ms: None,
+            created_ms,
+            last_success_ms,
+            disabled_reason: None,
+        }
+    }
+
+    fn result(status: Option<u16>, retry_after: Option<u64>) -> AttemptResult {
+        AttemptResult {
+            status,
+            error: None,
+            duration_ms: 1,
+            body: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    fn deliverer(schedule: &[u64]) -> Deliverer {
+        Deliverer::new(WebhookSettings::new(
+            schedule.iter().map(|s| Duration::from_secs(*s)).collect(),
+            true,
+            Duration::from_secs(5 * 86_400),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_schedule_decides_retries_with_jitter_and_retry_after() {
+        let d = deliverer(&[0, 100, 1000]);
+        let w = webhook(0, None);
+        let now = 1_000_000;
+        let (next, _) = d.next_step(&w, 1, &result(Some(500), None), now);
+        let NextStep::RetryAt(at) = next else {
+            panic!("{next:?}")
+        };
+        assert!((now + 80_000..=now + 120_000).contains(&at), "{at}");
+        let (next, _) = d.next_step(&w, 1, &result(Some(503), Some(600)), now);
+        assert!(matches!(next, NextStep::RetryAt(at) if at >= now + 600_000));
+        let (next, _) = d.next_step(&w, 2, &result(None, None), now);
+        assert!(matches!(next, NextStep::RetryAt(at) if at >= now + 800_000));
+        let (next, disable) = d.next_step(&w, 3, &result(Some(500), None), now);
+        assert_eq!(
+            (next, disable),
+            (NextStep::Failed, None),
+            "exhausted, but not silent for 5 days"
+        );
+        assert_eq!(
+            d.next_step(&w, 1, &result(Some(204), None), now).0,
+            NextStep::Succeeded
+        );
+        let immediate = deliverer(&[0, 0]);
+        assert_eq!(
+            immediate.next_step(&w, 1, &result(Some(302), None), now).0,
+            NextStep::RetryAt(now),
+            "a redirect is a failure"
+        );
+    }
+
+    #[test]
+    fn gone_disables_at_once_and_long_silence_disables_on_exhaustion() {
+        let d = deliverer(&[0]);
+        let day = 86_400_000;
+        let (next, disable) = d.next_step(
+            &webhook(0, Some(10 * day)),
+            1,
+            &result(Some(410), None),
+            10 * day,
+        );
+        assert_eq!(next, NextStep::Failed);
+        assert!(disable.is_some());
+        let (_, disable) = d.next_step(
+            &webhook(0, Some(4 * day)),
+            1,
+            &result(Some(500), None),
+            10 * day,
+        );
+        assert!(disable.is_some(), "six days without success");
+        let (_, disable) = d.next_step(
+            &webhook(0, Some(6 * day)),
+            1,
+            &result(Some(500), None),
+            10 * day,
+        );
+        assert!(disable.is_none(), "four days without success");
+    }
+
+    #[tokio::test]
+    async fn every_attempt_checks_the_address_again() {
+        let guarded = Deliverer::new(WebhookSettings::new(
+            vec![Duration::ZERO],
+            false,
+            Duration::from_secs(60),
+        ))
+        .unwrap();
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://localhost:9/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            let mut endpoint = webhook(0, None);
+            endpoint.url = url.into();
+            let result = guarded
+                .send(&endpoint, "id", "custom.a", Bytes::from_static(b"{}"))
+                .await;
+            assert_eq!(result.status, None, "{url}");
+            assert!(
+                result.error.as_deref().unwrap_or("").starts_with("refused"),
+                "{url}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert!(
+            parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT").unwrap()
+                > Duration::from_secs(86_400)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
