@@ -916,19 +916,36 @@ impl Writer {
                 self.prune(events_before_ms, idempotency_before_ms, batch),
             ),
             Command::Job(job) => {
+                // Jobs run other modules' logic: a savepoint confines a failing one, so that
+                // the appends sharing its group still commit.
+                if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+                    return (Finished::Job(Box::new(|_| {})), Some(e.into()));
+                }
                 let mut context = WriteContext {
                     conn: &self.conn,
                     webhooks_changed: false,
                 };
                 let (finished, failure) = job(&mut context);
-                if context.webhooks_changed && failure.is_none() {
+                let end = if failure.is_some() {
+                    "ROLLBACK TO job; RELEASE job"
+                } else {
+                    "RELEASE job"
+                };
+                if let Err(e) = self.conn.execute_batch(end) {
+                    return (finished, Some(e.into()));
+                }
+                if let Some(e) = failure {
+                    tracing::error!(error = %e, "a store write failed; it alone is undone");
+                    return (finished, None);
+                }
+                if context.webhooks_changed {
                     // Read inside the transaction: events later in this group see the change.
                     match WebhookMatchers::load(&self.conn) {
                         Ok(matchers) => self.webhooks = matchers,
                         Err(e) => return (finished, Some(e)),
                     }
                 }
-                (finished, failure)
+                (finished, None)
             }
             Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
         }

@@ -371,9 +371,24 @@ pub fn rotate_secret(
     get_webhook(conn, id)?.ok_or(StoreError::NotFound)
 }
 
-/// Records an attempt and moves the delivery (and maybe its endpoint) on.
-pub fn record_attempt(conn: &Connection, outcome: &AttemptOutcome) -> Result<(), StoreError> {
+/// Records an attempt and moves the delivery (and maybe its endpoint) on. Answers `false`, and
+/// records nothing, when the delivery is no longer at the attempt before this one (another
+/// attempt was recorded meanwhile): attempts are numbered without gaps or repeats.
+pub fn record_attempt(conn: &Connection, outcome: &AttemptOutcome) -> Result<bool, StoreError> {
     let attempt = &outcome.attempt;
+    let (status, next_attempt_ms) = match outcome.next {
+        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
+        NextStep::Failed => (DeliveryStatus::Failed, None),
+    };
+    let moved = conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_ms = ?4 WHERE id = ?1 AND attempts = ?3 - 1",
+        )?
+        .execute(params![outcome.delivery_id.as_bytes(), status.as_str(), attempt.attempt, next_attempt_ms])?;
+    if moved == 0 {
+        return Ok(false);
+    }
     conn.prepare_cached(
         "INSERT INTO delivery_attempts (delivery_id, attempt, response_status, error, duration_ms, attempted_ms, response_body) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -387,20 +402,6 @@ pub fn record_attempt(conn: &Connection, outcome: &AttemptOutcome) -> Result<(),
         attempt.attempted_ms,
         attempt.response_body,
     ])?;
-    let (status, next_attempt_ms) = match outcome.next {
-        NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
-        NextStep::Succeeded => (DeliveryStatus::Succeeded, None),
-        NextStep::Failed => (DeliveryStatus::Failed, None),
-    };
-    conn.prepare_cached(
-        "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_ms = ?4 WHERE id = ?1",
-    )?
-    .execute(params![
-        outcome.delivery_id.as_bytes(),
-        status.as_str(),
-        attempt.attempt,
-        next_attempt_ms
-    ])?;
     if outcome.next == NextStep::Succeeded {
         conn.prepare_cached("UPDATE webhooks SET last_success_ms = ?2 WHERE id = ?1")?
             .execute(params![outcome.webhook_id.as_bytes(), attempt.attempted_ms])?;
@@ -409,7 +410,7 @@ pub fn record_attempt(conn: &Connection, outcome: &AttemptOutcome) -> Result<(),
         conn.prepare_cached("UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1")?
             .execute(params![outcome.webhook_id.as_bytes(), reason])?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Makes a delivery due now for one more attempt.

@@ -5,13 +5,13 @@
 //! attempt cut short by a crash or shutdown is simply due again after a restart. Claims are kept
 //! in memory, so one broker process delivers a queue (the scale-out store will need leases).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -31,6 +31,9 @@ pub const MAX_LOGGED_BODY: usize = 20_000;
 /// How often the queue is looked at when nothing wakes the worker.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const DUE_BATCH: usize = 256;
+/// The least time between two reads of the queue: under load, commits wake the worker far more
+/// often than that, and each read would return the same in-flight deliveries again.
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What one attempt got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,20 +211,30 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
+/// Deliveries being attempted (`None`) or whose outcome was recorded at an instant.
+type Claims = Arc<Mutex<HashMap<Uuid, Option<Instant>>>>;
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: CancellationToken) {
     let ready = store.deliveries_ready();
-    let in_flight: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    // Deliveries being attempted, and when each recorded attempt finished: a due list read
+    // before that moment may still show the delivery as due, and must not send it again.
+    let in_flight: Claims = Arc::default();
+    let (outcomes, recorded) = mpsc::channel(1024);
+    let recorder = tokio::spawn(record(store.clone(), recorded, in_flight.clone()));
     let overall = Arc::new(Semaphore::new(deliverer.settings.max_in_flight));
     let mut per_endpoint: HashMap<Uuid, Arc<Semaphore>> = HashMap::new();
     let mut attempts = JoinSet::new();
     let mut last_gauges = Instant::now() - Duration::from_secs(10);
+    let mut last_read = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ready.notified() => {}
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
+        tokio::time::sleep_until((last_read + MIN_READ_INTERVAL).into()).await;
+        last_read = Instant::now();
         while attempts.try_join_next().is_some() {}
         let now = unix_now_ms();
         if last_gauges.elapsed() > Duration::from_secs(1) {
@@ -233,6 +246,7 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
             }
             per_endpoint.retain(|_, s| Arc::strong_count(s) > 1);
         }
+        let read_at = Instant::now();
         let due = match store.read(move |c| due_deliveries(c, now, DUE_BATCH)).await {
             Ok(due) => due,
             Err(e) => {
@@ -240,13 +254,18 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
                 continue;
             }
         };
+        {
+            // Finished before this read began: the read saw the recorded outcome.
+            let mut claims = in_flight.lock().expect("in-flight lock");
+            claims.retain(|_, finished| finished.is_none_or(|at| at >= read_at));
+        }
         for delivery in due {
-            if !in_flight
-                .lock()
-                .expect("in-flight lock")
-                .insert(delivery.id)
             {
-                continue;
+                let mut claims = in_flight.lock().expect("in-flight lock");
+                if claims.contains_key(&delivery.id) {
+                    continue;
+                }
+                claims.insert(delivery.id, None);
             }
             let endpoint = per_endpoint
                 .entry(delivery.webhook.id)
@@ -256,27 +275,71 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
                     ))
                 })
                 .clone();
-            let (store, deliverer, overall, in_flight) = (
-                store.clone(),
-                deliverer.clone(),
-                overall.clone(),
-                in_flight.clone(),
-            );
+            let (deliverer, overall, outcomes) =
+                (deliverer.clone(), overall.clone(), outcomes.clone());
             attempts.spawn(async move {
                 let _endpoint = endpoint.acquire_owned().await;
                 let _overall = overall.acquire_owned().await;
-                let id = delivery.id;
-                attempt(&store, &deliverer, delivery).await;
-                in_flight.lock().expect("in-flight lock").remove(&id);
+                let _ = outcomes.send(attempt(&deliverer, delivery).await).await;
             });
         }
     }
     // Attempts cut short here are due again after a restart: at least once.
     attempts.shutdown().await;
+    drop(outcomes);
+    let _ = recorder.await;
 }
 
-/// Makes one attempt of a due delivery and records it.
-async fn attempt(store: &Store, deliverer: &Deliverer, delivery: DueDelivery) {
+/// Writes attempt outcomes through the writer, all that are waiting in one write, and then
+/// marks their deliveries finished for the due-list reader.
+async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, in_flight: Claims) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = outcomes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match outcomes.try_recv() {
+                Ok(outcome) => batch.push(outcome),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<Uuid> = batch.iter().map(|o| o.delivery_id).collect();
+        let recorded = store
+            .write(move |context| {
+                let mut stale = 0;
+                let mut disabled = false;
+                for outcome in &batch {
+                    if record_attempt(context.conn, outcome)? {
+                        disabled |= outcome.disable.is_some();
+                    } else {
+                        stale += 1;
+                    }
+                }
+                if disabled {
+                    context.webhooks_changed();
+                }
+                Ok(stale)
+            })
+            .await;
+        match recorded {
+            Ok(0) => {}
+            Ok(stale) => tracing::warn!(
+                stale,
+                "attempts not recorded: another attempt was recorded first"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record webhook attempts; they will be retried")
+            }
+        }
+        let finished = Instant::now();
+        let mut claims = in_flight.lock().expect("in-flight lock");
+        for id in ids {
+            claims.insert(id, Some(finished));
+        }
+    }
+}
+
+/// Makes one attempt of a due delivery; answers the outcome to record.
+async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome {
     let number = delivery.attempts + 1;
     let attempted_ms = unix_now_ms();
     let result = match delivery.body.clone() {
@@ -313,7 +376,7 @@ async fn attempt(store: &Store, deliverer: &Deliverer, delivery: DueDelivery) {
     if let Some(reason) = &disable {
         tracing::warn!(webhook = %delivery.webhook.id, reason = reason.as_str(), "webhook endpoint disabled");
     }
-    let outcome = AttemptOutcome {
+    AttemptOutcome {
         delivery_id: delivery.id,
         webhook_id: delivery.webhook.id,
         attempt: AttemptRecord {
@@ -325,20 +388,7 @@ async fn attempt(store: &Store, deliverer: &Deliverer, delivery: DueDelivery) {
             response_body: result.body,
         },
         next,
-        disable: disable.clone(),
-    };
-    let disables = disable.is_some();
-    let recorded = store
-        .write(move |context| {
-            record_attempt(context.conn, &outcome)?;
-            if disables {
-                context.webhooks_changed();
-            }
-            Ok(())
-        })
-        .await;
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, delivery = %delivery.id, "cannot record a webhook attempt; it will be retried");
+        disable,
     }
 }
 

@@ -54,7 +54,7 @@ pub struct FanoutArgs {
     drain: Duration,
 }
 
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
@@ -62,16 +62,16 @@ fn now_us() -> u64 {
 }
 
 #[derive(Deserialize)]
-struct Delivered {
-    id: Uuid,
-    payload: Payload,
+pub struct Delivered {
+    pub id: Uuid,
+    pub payload: Payload,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Payload {
-    seq: u64,
-    sent_us: u64,
+pub struct Payload {
+    pub seq: u64,
+    pub sent_us: u64,
 }
 
 /// What one subscriber saw.
@@ -174,7 +174,15 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
 
     let cpu_before = pid.and_then(cpu_seconds);
     let started = Instant::now();
-    publish(&args, &authority, &publisher_key, total).await?;
+    publish(&Publishing {
+        authority: authority.clone(),
+        key: publisher_key.clone(),
+        rate: args.rate,
+        total,
+        connections: args.publishers,
+        event_bytes: args.event_bytes,
+    })
+    .await?;
     let published_in = started.elapsed();
     let drain_deadline = Instant::now() + args.drain;
     while done.load(Ordering::Relaxed) < args.subscribers && Instant::now() < drain_deadline {
@@ -249,18 +257,30 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `total` events, event i at `start + i / rate`, from `publishers` connections.
-async fn publish(args: &FanoutArgs, authority: &str, key: &str, total: u64) -> anyhow::Result<()> {
+/// An open-loop publishing plan.
+pub struct Publishing {
+    pub authority: String,
+    pub key: String,
+    pub rate: f64,
+    pub total: u64,
+    pub connections: usize,
+    pub event_bytes: usize,
+}
+
+/// Publishes `total` `custom.bench` events, event i at `start + i / rate`, from several
+/// connections; each carries its `seq` and its send time (`sentUs`) in the payload.
+pub async fn publish(plan: &Publishing) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_millis(100);
-    let filler = "x".repeat(args.event_bytes.saturating_sub(260));
+    let filler = "x".repeat(plan.event_bytes.saturating_sub(260));
+    let total = plan.total;
     let mut tasks = Vec::new();
-    for lane in 0..args.publishers as u64 {
+    for lane in 0..plan.connections as u64 {
         let (authority, key, filler, rate, lanes) = (
-            authority.to_owned(),
-            key.to_owned(),
+            plan.authority.clone(),
+            plan.key.clone(),
             filler.clone(),
-            args.rate,
-            args.publishers as u64,
+            plan.rate,
+            plan.connections as u64,
         );
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(&authority).await?;

@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod fanout;
+mod webhooks;
 
 #[derive(Parser)]
 #[command(name = "cpod-bench", about = "Load generator for cPod Events")]
@@ -42,6 +43,8 @@ enum Scenario {
     Ingest(IngestArgs),
     /// Fan-out: N stream subscribers, events published at a fixed rate.
     Fanout(fanout::FanoutArgs),
+    /// Webhook delivery to a local receiver.
+    Webhooks(webhooks::WebhookArgs),
 }
 
 /// Which broker to drive: a fresh one started by this tool, or `--url`.
@@ -59,6 +62,9 @@ struct BrokerArgs {
     /// HTTP worker threads of the broker this tool starts.
     #[arg(long)]
     workers: Option<usize>,
+    /// Set by scenarios whose receiver is on loopback.
+    #[arg(skip)]
+    allow_private_webhooks: bool,
 }
 
 #[derive(Args, Clone)]
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Scenario::Ingest(args) => ingest(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Webhooks(args) => webhooks::run(args).await,
     }
 }
 
@@ -129,6 +136,10 @@ fn spawn_broker(args: &BrokerArgs) -> anyhow::Result<(SpawnedBroker, String)> {
         .env("CPOD_ADMIN_KEY", ADMIN_KEY)
         .env("CPOD_SQLITE_SYNC", &args.sqlite_sync)
         .env("CPOD_HEARTBEAT", "60s")
+        .env(
+            "CPOD_WEBHOOK_ALLOW_PRIVATE",
+            args.allow_private_webhooks.to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
