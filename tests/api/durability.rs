@@ -9,25 +9,6 @@ use tempfile::TempDir;
 
 use crate::helpers::{ADMIN_KEY, BrokerProcess, custom, json_of, spawn_app};
 
-async fn create_key(
-    client: &reqwest::Client,
-    broker: &BrokerProcess,
-    admin: &str,
-    role: &str,
-) -> String {
-    let response = client
-        .post(broker.url("/v1/keys"))
-        .bearer_auth(admin)
-        .json(&json!({"organizationId": "org-a", "role": role, "name": "k"}))
-        .send()
-        .await
-        .unwrap();
-    json_of(response, StatusCode::CREATED).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn all_ids(client: &reqwest::Client, broker: &BrokerProcess, key: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut cursor = String::new();
@@ -59,7 +40,7 @@ async fn every_acknowledged_event_survives_kill_9_in_order() {
     let dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let mut broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
-    let service = create_key(&client, &broker, ADMIN_KEY, "service").await;
+    let service = broker.key(ADMIN_KEY, "service").await;
     let mut acknowledged = Vec::new();
     for i in 0..200 {
         let response = client
@@ -174,7 +155,7 @@ async fn the_first_start_prints_a_working_admin_key_once() {
         .find(|w| w.starts_with("cpk_"))
         .expect("the key is printed")
         .to_owned();
-    let created = create_key(&client, &broker, &key, "reader").await;
+    let created = broker.key(&key, "reader").await;
     assert!(created.starts_with("cpk_"));
     assert!(
         !broker.stderr().contains(&key),
@@ -190,12 +171,12 @@ async fn the_first_start_prints_a_working_admin_key_once() {
     );
     assert!(!banner.is_empty());
     // The generated key still works after the restart.
-    create_key(&client, &broker, &key, "reader").await;
+    broker.key(&key, "reader").await;
     drop(broker);
 
     // Configuring CPOD_ADMIN_KEY replaces the generated one.
     let broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
-    create_key(&client, &broker, ADMIN_KEY, "reader").await;
+    broker.key(ADMIN_KEY, "reader").await;
     let response = client
         .get(broker.url("/v1/keys"))
         .bearer_auth(&key)
@@ -210,7 +191,7 @@ async fn sigterm_stops_the_broker_cleanly_and_quickly() {
     let dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let mut broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
-    let service = create_key(&client, &broker, ADMIN_KEY, "service").await;
+    let service = broker.key(ADMIN_KEY, "service").await;
     let body: Value =
         json!({"events": (0..100).map(|i| custom(&format!("r{i}"))).collect::<Vec<_>>()});
     json_of(
@@ -252,7 +233,7 @@ async fn logs_never_contain_a_key() {
     let dir = TempDir::new().unwrap();
     let client = reqwest::Client::new();
     let broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
-    let service = create_key(&client, &broker, ADMIN_KEY, "service").await;
+    let service = broker.key(ADMIN_KEY, "service").await;
     client
         .post(broker.url("/v1/events"))
         .bearer_auth(&service)

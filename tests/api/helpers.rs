@@ -257,6 +257,21 @@ impl BrokerProcess {
         format!("{}{}", self.address, path)
     }
 
+    /// Creates a key of `role` in organization `org-a` with `admin`; answers its secret.
+    pub async fn key(&self, admin: &str, role: &str) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/v1/keys"))
+            .bearer_auth(admin)
+            .json(&json!({"organizationId": "org-a", "role": role, "name": format!("{role} key")}))
+            .send()
+            .await
+            .unwrap();
+        json_of(response, StatusCode::CREATED).await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub fn kill_hard(&mut self) {
         self.child.kill().expect("SIGKILL is delivered");
         self.child.wait().unwrap();

@@ -379,20 +379,7 @@ async fn a_subscriber_that_reads_nothing_gets_every_event_later_while_memory_sta
         &[("CPOD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "warn")],
     );
     let client = reqwest::Client::new();
-    let service = json_of(
-        client
-            .post(broker.url("/v1/keys"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"organizationId": "org-a", "role": "service", "name": "s"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let service = broker.key(ADMIN_KEY, "service").await;
     const TOTAL: usize = 30_000;
     let payload = "x".repeat(2000);
     let publish = |round: usize| {
@@ -713,21 +700,7 @@ async fn sigterm_with_thousands_of_open_streams_exits_zero_quickly() {
         dir.path(),
         &[("CPOD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "warn")],
     );
-    let client = reqwest::Client::new();
-    let reader = json_of(
-        client
-            .post(broker.url("/v1/keys"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"organizationId": "org-a", "role": "reader", "name": "r"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reader = broker.key(ADMIN_KEY, "reader").await;
     let mut streams = Vec::new();
     for _ in 0..1000 {
         streams.push(SseClient::open(&broker.address, &reader, "/v1/events/stream", None).await);

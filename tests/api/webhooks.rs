@@ -773,20 +773,7 @@ async fn the_queue_survives_a_restart_and_a_kill_9_between_storing_and_deliverin
         ),
     ];
     let mut process = BrokerProcess::start(dir.path(), &envs);
-    let key = json_of(
-        client
-            .post(process.url("/v1/keys"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"organizationId": "org-a", "role": "service", "name": "s"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = process.key(ADMIN_KEY, "service").await;
     json_of(
         client
             .post(process.url("/v1/webhooks"))
