@@ -194,6 +194,9 @@ impl Principal {
 /// Turns bearer keys into principals: a TTL cache in front of the store, plus the rate limit.
 pub struct Authenticator {
     store: Store,
+    /// Bumped by every eviction: a lookup that overlapped one does not fill the cache, so a key
+    /// read as active just before its revocation is not trusted for another `CACHE_TTL`.
+    evictions: std::sync::atomic::AtomicU64,
     tickets: TicketSigner,
     cache: DashMap<[u8; 32], (Principal, Instant)>,
     limiter: Option<DefaultKeyedRateLimiter<Uuid>>,
@@ -203,6 +206,7 @@ impl Authenticator {
     pub fn new(store: Store, rate_limit_per_second: Option<NonZeroU32>) -> Self {
         Self {
             tickets: TicketSigner::new(store.ticket_secret()),
+            evictions: std::sync::atomic::AtomicU64::new(0),
             store,
             cache: DashMap::new(),
             limiter: rate_limit_per_second.map(|n| RateLimiter::keyed(Quota::per_second(n))),
@@ -227,13 +231,16 @@ impl Authenticator {
         let principal = match cached {
             Some(p) => p,
             None => {
+                let epoch = self.evictions.load(std::sync::atomic::Ordering::Acquire);
                 let record = self.store.active_key_by_hash(hash).await?;
                 let Some(record) = record else {
                     self.cache.remove(&hash);
                     return Err(unauthorized("unknown or revoked API key"));
                 };
                 let principal = Principal::from_record(&record);
-                self.cache.insert(hash, (principal.clone(), Instant::now()));
+                if self.evictions.load(std::sync::atomic::Ordering::Acquire) == epoch {
+                    self.cache.insert(hash, (principal.clone(), Instant::now()));
+                }
                 principal
             }
         };
@@ -291,6 +298,8 @@ impl Authenticator {
 
     /// Forgets a revoked key at once on this node.
     pub fn evict(&self, key_id: Uuid) {
+        self.evictions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.retain(|_, (p, _)| p.key_id != key_id);
     }
 }

@@ -415,6 +415,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_given_up_half_way_never_lose_a_reader_connection() {
+        let (_dir, _hub, store) = open(8);
+        append(&store, 0, 10).await;
+        for _ in 0..300 {
+            // Polled once, then dropped while the blocking read may be running.
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, store.ping()).await;
+        }
+        let reads = (0..16).map(|_| store.ping());
+        for read in futures_util::future::join_all(reads).await {
+            read.unwrap();
+        }
+    }
+
+    #[tokio::test]
     async fn a_channel_is_dropped_with_its_last_subscriber() {
         let (_dir, hub, store) = open(8);
         let subscription = Subscription::new(

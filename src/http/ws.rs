@@ -93,7 +93,8 @@ pub async fn open_socket(
 
 /// A frame a subscription task hands to the socket's writer.
 enum Outgoing {
-    Event(Arc<str>, Arc<StoredEvent>),
+    /// An event for the subscription with this id and generation.
+    Event(Arc<str>, u64, Arc<StoredEvent>),
     Text(String),
 }
 
@@ -102,7 +103,11 @@ struct Socket {
     session: Session,
     principal: Option<Principal>,
     deadline: Option<Instant>,
-    subscriptions: HashMap<String, CancellationToken>,
+    /// Open subscriptions: their cancellation and generation. Frames queued by a subscription
+    /// that has since been cancelled (or replaced under the same id) carry an old generation
+    /// and are dropped, never written after `unsubscribed`.
+    subscriptions: HashMap<String, (CancellationToken, u64)>,
+    generations: u64,
     outgoing: mpsc::Sender<Outgoing>,
     queued: Option<mpsc::Receiver<Outgoing>>,
     closing: CancellationToken,
@@ -136,6 +141,7 @@ impl Socket {
             principal,
             deadline: deadline_of(expires),
             subscriptions: HashMap::new(),
+            generations: 0,
             outgoing,
             queued: Some(queued),
         }
@@ -176,7 +182,13 @@ impl Socket {
                 frame = queued.recv() => {
                     let Some(frame) = frame else { break None };
                     let text = match frame {
-                        Outgoing::Event(subscription, event) => event_frame(&subscription, &event),
+                        Outgoing::Event(subscription, generation, event) => {
+                            let current = self.subscriptions.get(&*subscription).map(|(_, g)| *g);
+                            if current != Some(generation) {
+                                continue;
+                            }
+                            event_frame(&subscription, &event)
+                        }
                         Outgoing::Text(text) => text,
                     };
                     if self.session.text(text).await.is_err() { break None; }
@@ -279,6 +291,10 @@ impl Socket {
             .organization_id
             .as_ref()
             .map(|o| o.as_str().to_owned());
+        if self.principal.is_none() {
+            // From now on the socket ends with this key (revocation) or with the broker.
+            self.closing = self.state.hub.key_token(principal.key_id).child_token();
+        }
         self.principal = Some(principal);
         self.deadline = deadline_of(expires);
         Ok(vec![
@@ -327,7 +343,10 @@ impl Socket {
         let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
         let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
         let cancel = self.closing.child_token();
-        self.subscriptions.insert(id.clone(), cancel.clone());
+        self.generations += 1;
+        let generation = self.generations;
+        self.subscriptions
+            .insert(id.clone(), (cancel.clone(), generation));
         let mut answers = vec![json!({"op": "subscribed", "id": id}).to_string()];
         if reset.is_some() {
             answers.push(
@@ -338,7 +357,7 @@ impl Socket {
         // The task starts after the answers are written: the caller sends them first, in this
         // task, and the subscription's events only reach the socket through the queue.
         actix_web::rt::spawn(run_subscription(
-            Arc::from(id.as_str()),
+            (Arc::from(id.as_str()), generation),
             subscription,
             self.outgoing.clone(),
             cancel,
@@ -351,7 +370,7 @@ impl Socket {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid("id", "unsubscribe needs the subscription's id"))?;
-        let cancel = self
+        let (cancel, _) = self
             .subscriptions
             .remove(id)
             .ok_or_else(|| ApiError::NotFound(format!("no subscription `{id}` on this socket")))?;
@@ -362,7 +381,7 @@ impl Socket {
 
 /// Feeds one subscription's events to the socket until it is cancelled or the socket is gone.
 async fn run_subscription(
-    id: Arc<str>,
+    (id, generation): (Arc<str>, u64),
     mut subscription: Subscription,
     outgoing: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
@@ -387,7 +406,7 @@ async fn run_subscription(
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                sent = outgoing.send(Outgoing::Event(id.clone(), event)) => if sent.is_err() { return },
+                sent = outgoing.send(Outgoing::Event(id.clone(), generation, event)) => if sent.is_err() { return },
             }
         }
     }

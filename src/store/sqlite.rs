@@ -297,7 +297,14 @@ impl Store {
         let horizon = self.retention_horizon_ms(unix_now_ms());
         self.inner
             .readers
-            .read(move |conn| read_history(conn, &query, horizon))
+            .read(move |conn| {
+                // One snapshot for the bounds and the page, so that an event committed between
+                // them cannot slip past `until`.
+                let snapshot = conn.unchecked_transaction()?;
+                let page = read_history(&snapshot, &query, horizon);
+                snapshot.finish()?;
+                page
+            })
             .await
     }
 
@@ -619,10 +626,13 @@ fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
 }
 
 /// Read-only connections lent to blocking threads, one query at a time each.
+///
+/// The connection goes back into the pool, and only then is the permit released, inside the
+/// blocking task itself: a caller that gives up waiting (a dropped future: a client that went
+/// away, a stream's `select!`) can never lose a connection or leave a permit without one.
 struct ReaderPool {
-    path: std::path::PathBuf,
-    connections: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    connections: Arc<Mutex<Vec<Connection>>>,
+    permits: Arc<Semaphore>,
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -640,9 +650,8 @@ impl ReaderPool {
             .map(|_| open_reader(path))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            path: path.to_owned(),
-            connections: Mutex::new(connections),
-            permits: Semaphore::new(size),
+            connections: Arc::new(Mutex::new(connections)),
+            permits: Arc::new(Semaphore::new(size)),
         })
     }
 
@@ -651,40 +660,30 @@ impl ReaderPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Closed)?;
-        let conn = self
-            .connections
-            .lock()
-            .expect("reader pool lock")
-            .pop()
-            .expect("a permit guarantees a free connection");
+        let connections = self.connections.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            let result = work(&conn);
-            (conn, result)
+            let lock = || {
+                connections
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            let conn = lock().pop().expect("a permit guarantees a free connection");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn)));
+            lock().push(conn);
+            drop(permit);
+            result
         })
         .await;
         match outcome {
-            Ok((conn, result)) => {
-                self.connections
-                    .lock()
-                    .expect("reader pool lock")
-                    .push(conn);
-                result
-            }
-            Err(panicked) => {
-                // The connection went down with the thread: open a replacement so the pool
-                // keeps one connection per permit.
-                let replacement = open_reader(&self.path)?;
-                self.connections
-                    .lock()
-                    .expect("reader pool lock")
-                    .push(replacement);
-                Err(anyhow::anyhow!("a store read panicked: {panicked}").into())
-            }
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(anyhow::anyhow!("a store read panicked").into()),
+            Err(e) => Err(anyhow::anyhow!("a store read failed: {e}").into()),
         }
     }
 }

@@ -138,8 +138,17 @@ pub struct AttemptOutcome {
     pub webhook_id: Uuid,
     pub attempt: AttemptRecord,
     pub next: NextStep,
-    /// Disable the endpoint, with this reason.
-    pub disable: Option<String>,
+    /// Disable the endpoint.
+    pub disable: Option<Disable>,
+}
+
+/// Why, and on what condition, an endpoint is disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disable {
+    pub reason: String,
+    /// Only if the endpoint has had no success since this time (checked when recording, so a
+    /// success recorded meanwhile by another attempt wins).
+    pub unless_success_since: Option<i64>,
 }
 
 /// The enabled endpoints' filters, per organization: what the writer matches each new event
@@ -406,9 +415,16 @@ pub fn record_attempt(conn: &Connection, outcome: &AttemptOutcome) -> Result<boo
         conn.prepare_cached("UPDATE webhooks SET last_success_ms = ?2 WHERE id = ?1")?
             .execute(params![outcome.webhook_id.as_bytes(), attempt.attempted_ms])?;
     }
-    if let Some(reason) = &outcome.disable {
-        conn.prepare_cached("UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1")?
-            .execute(params![outcome.webhook_id.as_bytes(), reason])?;
+    if let Some(disable) = &outcome.disable {
+        conn.prepare_cached(
+            "UPDATE webhooks SET enabled = 0, disabled_reason = ?2 WHERE id = ?1 \
+             AND (?3 IS NULL OR coalesce(last_success_ms, created_ms) < ?3)",
+        )?
+        .execute(params![
+            outcome.webhook_id.as_bytes(),
+            disable.reason,
+            disable.unless_success_since
+        ])?;
     }
     Ok(true)
 }
@@ -430,24 +446,41 @@ pub fn retry_delivery(
     Ok(())
 }
 
-/// Pending deliveries due at `now_ms` on enabled endpoints, oldest due first.
+/// Pending deliveries due at `now_ms` on enabled endpoints, oldest due first, leaving out the
+/// endpoints in `busy` (those already sending all they may: their backlog must not hide other
+/// endpoints' deliveries).
 pub fn due_deliveries(
     conn: &Connection,
     now_ms: i64,
     limit: usize,
+    busy: &[Uuid],
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let columns: String = WEBHOOK_COLUMNS
         .split(", ")
         .map(|c| format!("w.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let exclusion = if busy.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " AND d.webhook_id NOT IN ({})",
+            vec!["?"; busy.len()].join(", ")
+        )
+    };
     let mut statement = conn.prepare_cached(&format!(
         "SELECT d.id, d.attempts, d.event_id, d.event_type, e.json, {columns} \
          FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id LEFT JOIN events e ON e.pos = d.event_pos \
-         WHERE d.status = 'pending' AND d.next_attempt_ms <= ?1 AND w.enabled = 1 \
-         ORDER BY d.next_attempt_ms LIMIT ?2"
+         WHERE d.status = 'pending' AND d.next_attempt_ms <= ? AND w.enabled = 1{exclusion} \
+         ORDER BY d.next_attempt_ms LIMIT ?"
     ))?;
-    let rows = statement.query_map(params![now_ms, limit as i64], |r| {
+    let mut args: Vec<rusqlite::types::Value> = vec![now_ms.into()];
+    args.extend(
+        busy.iter()
+            .map(|id| rusqlite::types::Value::Blob(id.as_bytes().to_vec())),
+    );
+    args.push((limit as i64).into());
+    let rows = statement.query_map(rusqlite::params_from_iter(args), |r| {
         Ok(DueDelivery {
             id: uuid_at(r, 0)?,
             attempts: r.get(1)?,

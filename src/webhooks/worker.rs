@@ -22,7 +22,7 @@ use super::url_guard;
 use crate::event::unix_now_ms;
 use crate::store::Store;
 use crate::store::webhooks::{
-    AttemptOutcome, AttemptRecord, DueDelivery, NextStep, WebhookRecord, due_deliveries,
+    AttemptOutcome, AttemptRecord, Disable, DueDelivery, NextStep, WebhookRecord, due_deliveries,
     queue_state, record_attempt,
 };
 
@@ -152,14 +152,17 @@ impl Deliverer {
         attempt: i64,
         result: &AttemptResult,
         now_ms: i64,
-    ) -> (NextStep, Option<String>) {
+    ) -> (NextStep, Option<Disable>) {
         if result.succeeded() {
             return (NextStep::Succeeded, None);
         }
         if result.status == Some(410) {
             return (
                 NextStep::Failed,
-                Some("the endpoint answered 410 Gone".into()),
+                Some(Disable {
+                    reason: "the endpoint answered 410 Gone".into(),
+                    unless_success_since: None,
+                }),
             );
         }
         match self.settings.schedule.get(attempt as usize) {
@@ -173,10 +176,11 @@ impl Deliverer {
             None => {
                 let last_success = webhook.last_success_ms.unwrap_or(webhook.created_ms);
                 let silent_for = now_ms - last_success;
-                let disable =
-                    (silent_for >= self.settings.disable_after.as_millis() as i64).then(|| {
-                        "no successful delivery while a delivery exhausted its retries".to_owned()
-                    });
+                let window = self.settings.disable_after.as_millis() as i64;
+                let disable = (silent_for >= window).then(|| Disable {
+                    reason: "no successful delivery while a delivery exhausted its retries".into(),
+                    unless_success_since: Some(now_ms - window),
+                });
                 (NextStep::Failed, disable)
             }
         }
@@ -212,7 +216,15 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 /// Deliveries being attempted (`None`) or whose outcome was recorded at an instant.
-type Claims = Arc<Mutex<HashMap<Uuid, Option<Instant>>>>;
+type Claims = Arc<Mutex<HashMap<Uuid, Claim>>>;
+
+/// A claimed delivery: its endpoint, and when its outcome was recorded (`None` while it is
+/// being attempted).
+#[derive(Clone, Copy)]
+struct Claim {
+    webhook: Uuid,
+    finished: Option<Instant>,
+}
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: CancellationToken) {
@@ -247,7 +259,22 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
             per_endpoint.retain(|_, s| Arc::strong_count(s) > 1);
         }
         let read_at = Instant::now();
-        let due = match store.read(move |c| due_deliveries(c, now, DUE_BATCH)).await {
+        let busy: Vec<Uuid> = {
+            let claims = in_flight.lock().expect("in-flight lock");
+            let mut sending: HashMap<Uuid, usize> = HashMap::new();
+            for claim in claims.values().filter(|c| c.finished.is_none()) {
+                *sending.entry(claim.webhook).or_default() += 1;
+            }
+            sending
+                .into_iter()
+                .filter(|(_, n)| *n >= deliverer.settings.max_in_flight_per_endpoint)
+                .map(|(webhook, _)| webhook)
+                .collect()
+        };
+        let due = match store
+            .read(move |c| due_deliveries(c, now, DUE_BATCH, &busy))
+            .await
+        {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the webhook queue");
@@ -257,7 +284,7 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
         {
             // Finished before this read began: the read saw the recorded outcome.
             let mut claims = in_flight.lock().expect("in-flight lock");
-            claims.retain(|_, finished| finished.is_none_or(|at| at >= read_at));
+            claims.retain(|_, claim| claim.finished.is_none_or(|at| at >= read_at));
         }
         for delivery in due {
             {
@@ -265,7 +292,13 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
                 if claims.contains_key(&delivery.id) {
                     continue;
                 }
-                claims.insert(delivery.id, None);
+                claims.insert(
+                    delivery.id,
+                    Claim {
+                        webhook: delivery.webhook.id,
+                        finished: None,
+                    },
+                );
             }
             let endpoint = per_endpoint
                 .entry(delivery.webhook.id)
@@ -302,6 +335,9 @@ async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, in_f
                 Err(_) => break,
             }
         }
+        // Successes first: a success in the same batch keeps a silence rule from disabling its
+        // endpoint.
+        batch.sort_by_key(|o| o.next != NextStep::Succeeded);
         let ids: Vec<Uuid> = batch.iter().map(|o| o.delivery_id).collect();
         let recorded = store
             .write(move |context| {
@@ -333,7 +369,9 @@ async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, in_f
         let finished = Instant::now();
         let mut claims = in_flight.lock().expect("in-flight lock");
         for id in ids {
-            claims.insert(id, Some(finished));
+            if let Some(claim) = claims.get_mut(&id) {
+                claim.finished = Some(finished);
+            }
         }
     }
 }
@@ -373,8 +411,8 @@ async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome
         NextStep::Failed => "failed",
     };
     metrics::counter!("cpod_webhook_deliveries_total", "outcome" => outcome_label).increment(1);
-    if let Some(reason) = &disable {
-        tracing::warn!(webhook = %delivery.webhook.id, reason = reason.as_str(), "webhook endpoint disabled");
+    if let Some(disable) = &disable {
+        tracing::warn!(webhook = %delivery.webhook.id, reason = disable.reason.as_str(), "disabling a webhook endpoint");
     }
     AttemptOutcome {
         delivery_id: delivery.id,

@@ -21,9 +21,22 @@ async fn health_and_readiness_answer_without_a_key() {
 }
 
 #[tokio::test]
-async fn metrics_count_ingestion_requests_and_commits() {
-    let app = spawn_app().await;
+async fn metrics_count_ingestion_requests_commits_streams_and_webhooks() {
+    let app = crate::helpers::spawn_app_with(&["--webhook-allow-private", "true"]).await;
     let service = app.key("org-a", "service").await;
+    let receiver = crate::receiver::Receiver::start().await;
+    let created = app
+        .post_json(
+            &service,
+            "/v1/webhooks",
+            &serde_json::json!({"url": receiver.url}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let mut stream =
+        crate::helpers::SseClient::open(&app.address, &service, "/v1/events/stream", None).await;
     app.emit(&service, &custom("r")).await;
     app.post_json(
         &service,
@@ -33,6 +46,12 @@ async fn metrics_count_ingestion_requests_and_commits() {
     .send()
     .await
     .unwrap();
+    stream.events(3).await;
+    receiver
+        .wait_for(3, std::time::Duration::from_secs(10))
+        .await;
+    // Outcomes are counted just after the answers arrive; queue gauges refresh about each second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let response = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(
@@ -48,6 +67,10 @@ async fn metrics_count_ingestion_requests_and_commits() {
         "cpod_store_commit_seconds_bucket",
         "cpod_store_commit_group_events_bucket",
         "cpod_ingest_batch_events_bucket",
+        "cpod_subscribers{transport=\"sse\"}",
+        "cpod_events_delivered_total{transport=\"sse\"}",
+        "cpod_webhook_deliveries_total{outcome=\"succeeded\"}",
+        "cpod_webhook_queue_depth",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
@@ -79,6 +102,18 @@ async fn the_openapi_document_covers_every_endpoint() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/events/stream", "get"),
+        ("/v1/events/ws", "get"),
+        ("/v1/stream-tickets", "post"),
+        ("/v1/webhooks", "post"),
+        ("/v1/webhooks", "get"),
+        ("/v1/webhooks/{id}", "get"),
+        ("/v1/webhooks/{id}", "patch"),
+        ("/v1/webhooks/{id}", "delete"),
+        ("/v1/webhooks/{id}/rotate-secret", "post"),
+        ("/v1/webhooks/{id}/test", "post"),
+        ("/v1/webhooks/{id}/deliveries", "get"),
+        ("/v1/webhooks/{id}/deliveries/{deliveryId}/retry", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -415,3 +415,76 @@ async fn a_slow_websocket_reader_still_gets_every_event_in_order() {
         assert_eq!(frame["event"]["resourceId"], expected.to_string());
     }
 }
+
+#[tokio::test]
+async fn a_socket_authenticated_by_its_first_frame_closes_when_that_key_is_revoked() {
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    let created = json_of(
+        app.post_json(
+            &service,
+            "/v1/keys",
+            &json!({"role": "reader", "name": "r"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut socket = connect(&app, None, "").await;
+    send(&mut socket, json!({"op": "auth", "token": created["key"]})).await;
+    assert_eq!(recv(&mut socket).await["op"], "authenticated");
+    subscribe(&mut socket, "s", json!({})).await;
+    let revoke = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{}", created["id"].as_str().unwrap())));
+    json_of(
+        revoke.bearer_auth(&service).send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the socket outlived its key by 5 s");
+    assert_eq!(closed, Some(CloseCode::from(4403)));
+}
+
+#[tokio::test]
+async fn after_unsubscribed_no_event_of_that_subscription_arrives() {
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    let mut socket = connect(&app, Some(&service), "").await;
+    subscribe(&mut socket, "gone", json!({"types": ["custom.*"]})).await;
+    let events: Vec<Value> = (0..300).map(|i| custom(&format!("{i}"))).collect();
+    json_of(
+        app.post_json(&service, "/v1/events/batch", &json!({"events": events}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    send(&mut socket, json!({"op": "unsubscribe", "id": "gone"})).await;
+    loop {
+        let frame = recv(&mut socket).await;
+        if frame["op"] == "unsubscribed" {
+            break;
+        }
+        assert_eq!(frame["subscription"], "gone");
+    }
+    send(&mut socket, json!({"op": "ping"})).await;
+    assert_eq!(
+        recv(&mut socket).await,
+        json!({"op": "pong"}),
+        "an event came after unsubscribed"
+    );
+}
