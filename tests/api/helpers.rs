@@ -81,8 +81,9 @@ impl TestApp {
     /// Stops the broker gracefully, keeping its database directory.
     pub async fn stop(self) -> TempDir {
         self.shutdown.cancel();
-        self.running
+        tokio::time::timeout(Duration::from_secs(30), self.running)
             .await
+            .expect("the broker stops within 30 s")
             .expect("the broker task ends")
             .expect("the broker stops cleanly");
         self.dir
@@ -231,20 +232,25 @@ impl BrokerProcess {
         }
         let mut child = command.spawn().expect("the broker binary starts");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
+        // Lines are read on a thread of their own (which keeps draining stdout afterwards, so the
+        // broker never blocks on a full pipe); a broker that never says where it listens fails
+        // the test after 30 s instead of hanging it.
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
         let mut banner = Vec::new();
         let address = loop {
-            let line = lines
-                .next()
-                .expect("the broker prints its address before exiting")
-                .unwrap();
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the broker prints its address within 30 s");
             banner.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.trim().to_owned();
             }
         };
-        // Keep draining stdout so the broker never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         BrokerProcess {
             child,
             address,
