@@ -64,7 +64,12 @@ async fn start_in(dir: TempDir, extra: &[&str]) -> TestApp {
     let running = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        // A request that never ends fails the test instead of hanging it (streams are read
+        // through their own clients).
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
         dir,
         shutdown,
         running,
@@ -115,6 +120,35 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.unwrap();
         body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a key of `role` with the key `creator` (its own organization); answers the
+    /// whole answer: `id`, `key`, …
+    pub async fn created_key(&self, creator: &str, role: &str, name: &str) -> Value {
+        let body = json!({"role": role, "name": name});
+        json_of(
+            self.post_json(creator, "/v1/keys", &body)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    /// Revokes a key made by [`TestApp::created_key`], with `by`.
+    pub async fn revoke(&self, by: &str, created: &Value) {
+        let path = format!("/v1/keys/{}", created["id"].as_str().unwrap());
+        json_of(
+            self.client
+                .delete(self.url(&path))
+                .bearer_auth(by)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
     }
 
     /// Posts one event and answers it as stored (asserting a 201).

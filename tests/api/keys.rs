@@ -58,18 +58,7 @@ async fn a_created_key_works_is_listed_without_its_secret_and_is_audited() {
 async fn a_revoked_key_is_refused_from_then_on_and_the_revocation_is_audited() {
     let app = spawn_app().await;
     let service = app.key("org-a", "service").await;
-    let created = json_of(
-        app.post_json(
-            &service,
-            "/v1/keys",
-            &json!({"role": "reader", "name": "dashboard"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let created = app.created_key(&service, "reader", "dashboard").await;
     let (id, secret) = (
         created["id"].as_str().unwrap(),
         created["key"].as_str().unwrap(),
@@ -240,18 +229,7 @@ async fn key_creation_is_validated_and_limited_by_role() {
         assert_error(response, status, code, param).await;
     }
     // A service key manages its own organization's app and reader keys, and nothing else.
-    let reader = json_of(
-        app.post_json(
-            &service,
-            "/v1/keys",
-            &json!({"role": "reader", "name": "r"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let reader = app.created_key(&service, "reader", "r").await;
     assert_eq!(reader["organizationId"], "org-a");
     let other_service = app.key("org-b", "service").await;
     let other_app = json_of(

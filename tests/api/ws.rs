@@ -320,18 +320,7 @@ async fn an_unauthenticated_socket_is_closed_with_4401_after_ten_seconds() {
 async fn the_broker_pings_and_closes_sockets_of_revoked_keys() {
     let app = spawn_app_with(&["--heartbeat", "300ms"]).await;
     let service = app.key("org-a", "service").await;
-    let created = json_of(
-        app.post_json(
-            &service,
-            "/v1/keys",
-            &json!({"role": "reader", "name": "r"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let created = app.created_key(&service, "reader", "r").await;
     let mut socket = connect(&app, created["key"].as_str(), "").await;
     let ping = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
@@ -342,16 +331,7 @@ async fn the_broker_pings_and_closes_sockets_of_revoked_keys() {
     })
     .await;
     assert!(ping.is_ok(), "no ping from the broker");
-    json_of(
-        app.client
-            .delete(app.url(&format!("/v1/keys/{}", created["id"].as_str().unwrap())))
-            .bearer_auth(&service)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    app.revoke(&service, &created).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match socket.next().await {
@@ -420,18 +400,7 @@ async fn a_slow_websocket_reader_still_gets_every_event_in_order() {
 async fn a_socket_authenticated_by_its_first_frame_closes_when_that_key_is_revoked() {
     let app = spawn_app().await;
     let service = app.key("org-a", "service").await;
-    let created = json_of(
-        app.post_json(
-            &service,
-            "/v1/keys",
-            &json!({"role": "reader", "name": "r"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let created = app.created_key(&service, "reader", "r").await;
     let mut socket = connect(&app, None, "").await;
     send(&mut socket, json!({"op": "auth", "token": created["key"]})).await;
     assert_eq!(recv(&mut socket).await["op"], "authenticated");
