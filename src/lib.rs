@@ -9,6 +9,7 @@
 //! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
 //! - [`http::sse`]      — `GET /v1/events/stream`: Server-Sent Events
 //! - [`http::ws`]       — `GET /v1/events/ws`: the WebSocket protocol
+//! - [`http::streams`]  — what both streams share; `POST /v1/stream-tickets`
 //! - [`webhooks`]       — signed HTTP delivery from a durable queue (`store::webhooks`)
 //!
 //! Around it:
