@@ -31,6 +31,10 @@ pub const MAX_LOGGED_BODY: usize = 20_000;
 /// How often the queue is looked at when nothing wakes the worker.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const DUE_BATCH: usize = 256;
+/// Deliveries claimed per endpoint for each attempt it may have in flight: a few wait on its
+/// semaphore so that a freed slot is used at once, and an endpoint with this many claimed is
+/// left out of the next reads, so that its backlog cannot hide other endpoints' deliveries.
+const CLAIMS_PER_SENDING_SLOT: usize = 4;
 /// The least time between two reads of the queue: under load, commits wake the worker far more
 /// often than that, and each read would return the same in-flight deliveries again.
 const MIN_READ_INTERVAL: Duration = Duration::from_millis(10);
@@ -267,7 +271,9 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
             }
             sending
                 .into_iter()
-                .filter(|(_, n)| *n >= deliverer.settings.max_in_flight_per_endpoint)
+                .filter(|(_, n)| {
+                    *n >= CLAIMS_PER_SENDING_SLOT * deliverer.settings.max_in_flight_per_endpoint
+                })
                 .map(|(webhook, _)| webhook)
                 .collect()
         };
