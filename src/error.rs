@@ -74,7 +74,8 @@ impl ApiError {
         ApiError::NotFound(format!("no such {what}"))
     }
 
-    fn code(&self) -> &'static str {
+    /// The contract's error code (§7): the one table, also used by WebSocket error frames.
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
             ApiError::Unauthorized(_) => "unauthorized",

@@ -5,7 +5,9 @@
 //! plus `*`, so the same pattern means the same thing here and in SQLite's `GLOB` (which the
 //! store uses for history), where `?` and `[` would otherwise be special.
 
-use crate::event::{FieldError, MAX_TYPE_LEN, OrganizationId};
+use crate::event::{
+    FieldError, MAX_TYPE_LEN, OrganizationId, ResourceId, ResourceType, WorkspaceId,
+};
 
 /// One type pattern, e.g. `pod.*`, `*.failed`, `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +114,30 @@ impl Filter {
             resource_id: None,
             workspace_id: None,
         }
+    }
+
+    /// A filter from raw values (a query string, a WebSocket frame), each exact-match value
+    /// checked as the event field it must equal, so that a value no event can have is refused.
+    pub fn new(
+        organization: OrgScope,
+        types: Vec<TypePattern>,
+        resource_type: Option<&str>,
+        resource_id: Option<&str>,
+        workspace_id: Option<&str>,
+    ) -> Result<Self, FieldError> {
+        Ok(Self {
+            organization,
+            types,
+            resource_type: resource_type
+                .map(|v| ResourceType::parse(v).map(|t| t.as_str().to_owned()))
+                .transpose()?,
+            resource_id: resource_id
+                .map(|v| ResourceId::parse(v).map(|t| t.as_str().to_owned()))
+                .transpose()?,
+            workspace_id: workspace_id
+                .map(|v| WorkspaceId::parse(v).map(|t| t.as_str().to_owned()))
+                .transpose()?,
+        })
     }
 
     pub fn matches(&self, event: &EventKey<'_>) -> bool {

@@ -13,7 +13,6 @@ use chrono::{DateTime, NaiveDate};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::event::{ResourceId, ResourceType, WorkspaceId};
 use crate::filter::{Filter, parse_type_list};
 use crate::http::{QueryParams, parse_id};
 use crate::startup::AppState;
@@ -176,25 +175,16 @@ pub fn parse_filter(principal: &Principal, params: &mut QueryParams) -> Result<F
     let organization = principal.read_scope(params.take_one("organizationId")?.as_deref())?;
     let types = params.take_all("types");
     let types = parse_type_list(types.iter().map(String::as_str))?;
-    let resource_type = params
-        .take_one("resourceType")?
-        .map(|v| ResourceType::parse(&v).map(|t| t.as_str().to_owned()))
-        .transpose()?;
-    let resource_id = params
-        .take_one("resourceId")?
-        .map(|v| ResourceId::parse(&v).map(|t| t.as_str().to_owned()))
-        .transpose()?;
-    let workspace_id = params
-        .take_one("workspaceId")?
-        .map(|v| WorkspaceId::parse(&v).map(|t| t.as_str().to_owned()))
-        .transpose()?;
-    Ok(Filter {
+    let resource_type = params.take_one("resourceType")?;
+    let resource_id = params.take_one("resourceId")?;
+    let workspace_id = params.take_one("workspaceId")?;
+    Ok(Filter::new(
         organization,
         types,
-        resource_type,
-        resource_id,
-        workspace_id,
-    })
+        resource_type.as_deref(),
+        resource_id.as_deref(),
+        workspace_id.as_deref(),
+    )?)
 }
 
 /// An ISO 8601 time: RFC 3339 with any offset, or a bare date (midnight UTC). A `+` offset

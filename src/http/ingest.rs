@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::{EventDraft, NewEvent};
-use crate::http::{parse_json, read_body, require_json_content_type};
+use crate::http::{parse_json, parse_json_object, read_body, require_json_content_type};
 use crate::startup::AppState;
 use crate::store::{AppendOutcome, AppendRequest, IdempotencyClaim, IngestEndpoint};
 
@@ -94,7 +94,7 @@ pub async fn post_batch(
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
     let idempotency = idempotency_claim(&req, &principal, &body)?;
-    let items = batch_items(parse_json(&body)?)?;
+    let items = batch_items(&body)?;
     // Validity of every event first (400), then permissions and sizes (403, 413).
     let drafts = items
         .into_iter()
@@ -122,17 +122,8 @@ pub async fn post_batch(
     Ok(created(outcome))
 }
 
-fn batch_items(body: Value) -> Result<Vec<Value>, ApiError> {
-    let Value::Object(mut object) = body else {
-        return Err(ApiError::invalid_body(
-            "the body must be an object: {\"events\": [...]}",
-        ));
-    };
-    if let Some(unknown) = object.keys().find(|k| k.as_str() != "events") {
-        return Err(ApiError::invalid_body(format!(
-            "unknown field `{unknown}`; a batch is {{\"events\": [...]}}"
-        )));
-    }
+fn batch_items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let mut object = parse_json_object(body, &["events"], "a batch")?;
     match object.remove("events") {
         Some(Value::Array(items)) if (1..=MAX_BATCH).contains(&items.len()) => Ok(items),
         Some(Value::Array(items)) => Err(ApiError::invalid(

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::event::{
     EventType, NewEvent, OrganizationId, ResourceId, ResourceType, format_timestamp, unix_now_ms,
 };
-use crate::http::{QueryParams, parse_id, parse_json, read_body, require_json_content_type};
+use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
 use crate::startup::AppState;
 use crate::store::{KeyRecord, NewKey};
 
@@ -94,17 +94,7 @@ pub async fn create_key(
     principal.require(&[Role::Admin, Role::Service])?;
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, MAX_KEY_BODY).await?;
-    let Value::Object(mut fields) = parse_json(&body)? else {
-        return Err(ApiError::invalid_body("the body must be a JSON object"));
-    };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !["organizationId", "role", "name"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid_body(format!(
-            "unknown field `{unknown}`; a key has organizationId, role and name"
-        )));
-    }
+    let mut fields = parse_json_object(&body, &["organizationId", "role", "name"], "a key")?;
     let role = match fields.remove("role") {
         Some(Value::String(r)) => match r.parse::<Role>() {
             Ok(Role::Admin) => {

@@ -85,6 +85,27 @@ pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(format!("invalid JSON: {e}")))
 }
 
+/// Parses a body that must be a JSON object holding only the `allowed` fields (`what` names it
+/// in the error: "a key", "a webhook"…).
+pub fn parse_json_object(
+    body: &[u8],
+    allowed: &[&str],
+    what: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let Value::Object(object) = parse_json(body)? else {
+        return Err(ApiError::invalid_body(format!(
+            "{what} must be a JSON object"
+        )));
+    };
+    if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid_body(format!(
+            "unknown field `{unknown}`; {what} has {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(object)
+}
+
 /// The query string as name/value pairs, taken out one parameter at a time so that an unknown
 /// parameter is refused at the end instead of silently ignored.
 pub struct QueryParams {

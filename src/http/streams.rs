@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
 use crate::http::history::{parse_filter, parse_time};
-use crate::http::{QueryParams, parse_json, read_body};
+use crate::http::{QueryParams, parse_json_object, read_body};
 use crate::hub::{Start, Subscription};
 use crate::startup::AppState;
 use crate::tickets::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
@@ -98,15 +98,20 @@ pub async fn open_stream(
 ) -> Result<OpenedStream, ApiError> {
     let (start, reset) = resolve_start(state, &request.filter.organization, request.resume).await?;
     let subscription = Subscription::new(&state.hub, &state.store, request.filter, start);
-    let deadline = request.ticket_expires_ms.map(|expires| {
-        let left = u64::try_from(expires - unix_now_ms()).unwrap_or(0);
-        Instant::now() + std::time::Duration::from_millis(left)
-    });
+    let deadline = ticket_deadline(request.ticket_expires_ms);
     Ok(OpenedStream {
         principal: request.principal,
         subscription,
         reset,
         deadline,
+    })
+}
+
+/// When a stream opened with a ticket expiring at `expires_ms` must end.
+pub fn ticket_deadline(expires_ms: Option<i64>) -> Option<Instant> {
+    expires_ms.map(|expires| {
+        let left = u64::try_from(expires - unix_now_ms()).unwrap_or(0);
+        Instant::now() + std::time::Duration::from_millis(left)
     })
 }
 
@@ -173,14 +178,7 @@ pub async fn create_ticket(
         DEFAULT_TTL_SECS
     } else {
         crate::http::require_json_content_type(&req)?;
-        let Value::Object(mut fields) = parse_json(&body)? else {
-            return Err(ApiError::invalid_body("the body must be a JSON object"));
-        };
-        if let Some(unknown) = fields.keys().find(|k| k.as_str() != "ttlSeconds") {
-            return Err(ApiError::invalid_body(format!(
-                "unknown field `{unknown}`; a ticket request has ttlSeconds"
-            )));
-        }
+        let mut fields = parse_json_object(&body, &["ttlSeconds"], "a ticket request")?;
         match fields.remove("ttlSeconds") {
             None | Some(Value::Null) => DEFAULT_TTL_SECS,
             Some(Value::Number(n)) => n

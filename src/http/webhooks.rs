@@ -14,7 +14,7 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
 use crate::filter::{OrgScope, TypePattern};
-use crate::http::{QueryParams, parse_id, parse_json, read_body, require_json_content_type};
+use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
 use crate::startup::AppState;
 use crate::store::webhooks::{
     self as queue, DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord,
@@ -118,15 +118,7 @@ struct WebhookFields {
 }
 
 fn parse_fields(body: &[u8], allowed: &[&str]) -> Result<WebhookFields, ApiError> {
-    let Value::Object(mut object) = parse_json(body)? else {
-        return Err(ApiError::invalid_body("the body must be a JSON object"));
-    };
-    if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid_body(format!(
-            "unknown field `{unknown}`; a webhook has {}",
-            allowed.join(", ")
-        )));
-    }
+    let mut object = parse_json_object(body, allowed, "a webhook")?;
     let string =
         |object: &mut Map<String, Value>, name: &str| -> Result<Option<Option<String>>, ApiError> {
             match object.remove(name) {

@@ -23,10 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::event::{ResourceId, ResourceType, WorkspaceId};
 use crate::filter::{Filter, parse_type_list};
 use crate::http::QueryParams;
-use crate::http::streams::{Resume, SubscriberGauge, resolve_start};
+use crate::http::streams::{Resume, SubscriberGauge, resolve_start, ticket_deadline};
 use crate::hub::Subscription;
 use crate::startup::AppState;
 use crate::store::StoredEvent;
@@ -113,13 +112,6 @@ struct Socket {
     closing: CancellationToken,
 }
 
-fn deadline_of(expires_ms: Option<i64>) -> Option<Instant> {
-    expires_ms.map(|e| {
-        let left = u64::try_from(e - crate::event::unix_now_ms()).unwrap_or(0);
-        Instant::now() + Duration::from_millis(left)
-    })
-}
-
 impl Socket {
     fn new(
         state: Arc<AppState>,
@@ -139,7 +131,7 @@ impl Socket {
             state,
             session,
             principal,
-            deadline: deadline_of(expires),
+            deadline: ticket_deadline(expires),
             subscriptions: HashMap::new(),
             generations: 0,
             outgoing,
@@ -296,7 +288,7 @@ impl Socket {
             self.closing = self.state.hub.key_token(principal.key_id).child_token();
         }
         self.principal = Some(principal);
-        self.deadline = deadline_of(expires);
+        self.deadline = ticket_deadline(expires);
         Ok(vec![
             json!({"op": "authenticated", "organizationId": organization}).to_string(),
         ])
@@ -425,19 +417,14 @@ fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
 }
 
 fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
-    let code = match error {
-        ApiError::InvalidRequest { .. } => "invalid_request",
-        ApiError::Unauthorized(_) => "unauthorized",
-        ApiError::Forbidden(_) => "forbidden",
-        ApiError::NotFound(_) => "not_found",
-        ApiError::RateLimited { .. } => "rate_limited",
-        _ => "internal",
-    };
-    let message = match error {
-        ApiError::Internal(_) => "internal error".to_owned(),
-        other => other.to_string(),
-    };
-    error_frame(id, code, &message)
+    if let ApiError::Internal(cause) = error {
+        tracing::error!(
+            error = format!("{cause:#}"),
+            "internal error on a WebSocket"
+        );
+    }
+    // An internal error's message says nothing of internals (see `ApiError`'s Display).
+    error_frame(id, error.code(), &error.to_string())
 }
 
 /// A subscribe frame's `filter`: the history filters as JSON (`types` a list or a
@@ -490,19 +477,13 @@ fn parse_filter_object(principal: &Principal, filter: Option<&Value>) -> Result<
             ));
         }
     };
-    Ok(Filter {
+    Ok(Filter::new(
         organization,
         types,
-        resource_type: text("resourceType")?
-            .map(|v| ResourceType::parse(v).map(|t| t.as_str().to_owned()))
-            .transpose()?,
-        resource_id: text("resourceId")?
-            .map(|v| ResourceId::parse(v).map(|t| t.as_str().to_owned()))
-            .transpose()?,
-        workspace_id: text("workspaceId")?
-            .map(|v| WorkspaceId::parse(v).map(|t| t.as_str().to_owned()))
-            .transpose()?,
-    })
+        text("resourceType")?,
+        text("resourceId")?,
+        text("workspaceId")?,
+    )?)
 }
 
 #[cfg(test)]
@@ -519,7 +500,6 @@ mod tests {
             resource_type: "r".into(),
             resource_id: "r".into(),
             workspace_id: None,
-            timestamp_ms: 0,
             json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
             sse: Default::default(),
         };

@@ -79,7 +79,6 @@ pub struct StoredEvent {
     pub resource_type: String,
     pub resource_id: String,
     pub workspace_id: Option<String>,
-    pub timestamp_ms: i64,
     /// The event's JSON, serialized once at commit.
     pub json: Bytes,
     /// Its Server-Sent Events message, encoded on first use and then shared by every

@@ -497,7 +497,7 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 const EVENT_COLUMNS: &str =
-    "pos, id, organization_id, type, resource_type, resource_id, workspace_id, ts_ms, json";
+    "pos, id, organization_id, type, resource_type, resource_id, workspace_id, json";
 
 fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     let id: Vec<u8> = row.get(1)?;
@@ -512,8 +512,7 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         resource_type: row.get(4)?,
         resource_id: row.get(5)?,
         workspace_id: row.get(6)?,
-        timestamp_ms: row.get(7)?,
-        json: Bytes::from(row.get::<_, String>(8)?),
+        json: Bytes::from(row.get::<_, String>(7)?),
         sse: Default::default(),
     })
 }
@@ -697,6 +696,8 @@ struct Writer {
     /// Whether this group queued webhook deliveries (the worker is told after the commit).
     deliveries_queued: bool,
     deliveries_ready: Arc<tokio::sync::Notify>,
+    /// Counter handles by event type.
+    ingested: std::collections::HashMap<String, metrics::Counter>,
     /// The last timestamp given: the clock is clamped to it so timestamps never go back.
     last_timestamp_ms: i64,
 }
@@ -766,6 +767,7 @@ impl Writer {
             webhooks,
             deliveries_queued: false,
             deliveries_ready,
+            ingested: Default::default(),
             last_timestamp_ms: last.unwrap_or(0),
         })
     }
@@ -837,24 +839,20 @@ impl Writer {
         } else {
             false
         };
-        let events: usize = finished.iter().map(|f| f.stored_events().len()).sum();
         if std::mem::take(&mut self.deliveries_queued) && !commit_failed {
             self.deliveries_ready.notify_one();
         }
-        if !commit_failed && events > 0 {
+        if !commit_failed {
             let committed: Vec<Arc<StoredEvent>> = finished
                 .iter()
                 .flat_map(|f| f.stored_events().iter().cloned())
                 .collect();
             self.hub.publish(&committed);
-        }
-        if !commit_failed {
             metrics::histogram!("cpod_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("cpod_store_commit_group_events").record(events as f64);
-            for event in finished.iter().flat_map(|f| f.stored_events()) {
-                metrics::counter!("cpod_events_ingested_total", "type" => event.event_type.clone())
-                    .increment(1);
+            metrics::histogram!("cpod_store_commit_group_events").record(committed.len() as f64);
+            for event in &committed {
+                self.ingested_counter(&event.event_type).increment(1);
             }
         }
         for done in finished {
@@ -864,6 +862,17 @@ impl Writer {
 
     /// Applies a command. A refusal (`NotFound`, `IdempotencyConflict`) is decided before the
     /// command writes anything; a database error fails the whole group (see `commit_group`).
+    /// `cpod_events_ingested_total{type}`, looked up once per type: a registry lookup and a
+    /// label allocation per event would sit on the writer, the path every append waits on.
+    fn ingested_counter(&mut self, event_type: &str) -> &metrics::Counter {
+        if !self.ingested.contains_key(event_type) {
+            let counter =
+                metrics::counter!("cpod_events_ingested_total", "type" => event_type.to_owned());
+            self.ingested.insert(event_type.to_owned(), counter);
+        }
+        &self.ingested[event_type]
+    }
+
     fn apply(&mut self, command: Command) -> (Finished, Option<StoreError>) {
         fn done<T>(
             wrap: fn(Reply<T>, Result<T, StoreError>) -> Finished,
@@ -1042,7 +1051,6 @@ impl Writer {
             resource_type: event.resource_type.as_str().to_owned(),
             resource_id: event.resource_id.as_str().to_owned(),
             workspace_id: event.workspace_id.as_ref().map(|w| w.as_str().to_owned()),
-            timestamp_ms,
             json: Bytes::from(json),
             sse: Default::default(),
         });
