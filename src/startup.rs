@@ -125,6 +125,11 @@ impl Application {
                 let _ = tcp.set_nodelay(true);
             }
         })
+        // A subscriber that closes its socket ends its stream at once (the read side sees the
+        // EOF), instead of lingering until a write fails: a stream whose filter matches nothing
+        // would otherwise hold its memory and wake for every event of its organization until
+        // the next heartbeat.
+        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
         .listen(listener)?

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::helpers::{
-    ADMIN_KEY, BrokerProcess, SseClient, assert_error, custom, json_of, rss_kib, spawn_app,
-    spawn_app_with,
+    ADMIN_KEY, BrokerProcess, SseClient, assert_error, custom, eventually, json_of, rss_kib,
+    spawn_app, spawn_app_with,
 };
 
 const SHORT: Duration = Duration::from_millis(400);
@@ -712,4 +712,61 @@ async fn sigterm_with_thousands_of_open_streams_exits_zero_quickly() {
     for stream in streams.iter_mut().take(50) {
         while stream.next(Duration::from_secs(2)).await.is_some() {}
     }
+}
+
+/// The broker's gauge of open streams of one transport, from its metrics.
+async fn open_streams(broker: &BrokerProcess, transport: &str) -> f64 {
+    let text = reqwest::get(broker.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("cpod_subscribers{{transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_subscriber_that_closes_its_socket_is_released_at_once() {
+    // A heartbeat far away: the release must not wait for a write to fail.
+    let dir = tempfile::TempDir::new().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            ("CPOD_ADMIN_KEY", ADMIN_KEY),
+            ("CPOD_HEARTBEAT", "300s"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let reader = broker.key(ADMIN_KEY, "reader").await;
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        // A filter that matches nothing: these streams never write after their opening.
+        streams.push(
+            SseClient::open(
+                &broker.address,
+                &reader,
+                "/v1/events/stream?types=custom.nothing",
+                None,
+            )
+            .await,
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            open_streams(&broker, "sse").await == 20.0
+        })
+        .await
+    );
+    drop(streams);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            open_streams(&broker, "sse").await == 0.0
+        })
+        .await,
+        "closed streams still open: {}",
+        open_streams(&broker, "sse").await
+    );
 }

@@ -1,10 +1,12 @@
-//! `cpod-bench fanout`: N subscribers (SSE or WebSocket) on one organization, events published
-//! open-loop at a fixed rate (each scheduled on an absolute time, so a slow broker cannot slow
-//! the offered load). Reports deliveries/s, publish-to-receipt latency, missed, duplicated and
-//! out-of-order deliveries, the broker's CPU per delivery and its RSS per idle subscriber.
+//! Fan-out measurement, for any server with an [`Endpoint`]: N subscribers (SSE or WebSocket)
+//! on one channel, events published open-loop at a fixed rate (each scheduled on an absolute
+//! time, so a slow server cannot slow the offered load) or closed-loop as fast as the server
+//! answers. Every subscriber counts its deliveries, latency (publish to receipt), and missed,
+//! duplicated and out-of-order ones; the run reads the server's CPU per delivery and its RSS per
+//! idle subscriber. `cpod-bench fanout` runs one such measurement against our broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -15,17 +17,29 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{BrokerArgs, broker_for, cpu_seconds, create_key, rss_kib};
+use super::BrokerArgs;
+use super::peer::{Endpoint, Peer, WsFraming};
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Debug)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     Sse,
     Ws,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "SSE",
+            Transport::Ws => "WebSocket",
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -61,9 +75,12 @@ pub fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+/// The part of a delivered event (or of nchan's raw message, which is the posted body) that the
+/// measurement reads.
 #[derive(Deserialize)]
 pub struct Delivered {
-    pub id: Uuid,
+    /// cPod's event id (UUIDv7, in commit order); nchan's messages carry none.
+    pub id: Option<Uuid>,
     pub payload: Payload,
 }
 
@@ -74,237 +91,450 @@ pub struct Payload {
     pub sent_us: u64,
 }
 
-/// What one subscriber saw.
-struct Tally {
-    latencies: Histogram<u64>,
+/// The body published for event `seq`: the same bytes go to every server.
+pub fn bench_event(event_type: &str, seq: u64, filler: &str) -> Bytes {
+    Bytes::from(
+        json!({
+            "type": event_type, "resourceId": "bench", "resourceType": "bench",
+            "payload": {"seq": seq, "sentUs": now_us(), "filler": filler},
+        })
+        .to_string(),
+    )
+}
+
+/// Filler that makes [`bench_event`] about `event_bytes` long once stored.
+pub fn filler(event_bytes: usize) -> String {
+    "x".repeat(event_bytes.saturating_sub(260))
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// What one subscriber saw. Sequence numbers are given out per publishing lane (`seq % lanes`),
+/// and a lane publishes its next event only once the previous one was acknowledged, so within a
+/// lane delivery order must follow `seq`; cPod's ids must also never go backwards.
+pub struct Tally {
+    pub latencies: Histogram<u64>,
     seen: Vec<u64>,
-    received: u64,
-    duplicates: u64,
-    out_of_order: u64,
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
     last_id: Option<Uuid>,
+    lane_last: Vec<Option<u64>>,
 }
 
 impl Tally {
-    fn new(total: u64) -> Self {
+    pub fn new(lanes: u64) -> Self {
         Self {
-            latencies: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-            seen: vec![0; (total as usize).div_ceil(64)],
+            latencies: new_histogram(),
+            seen: Vec::new(),
             received: 0,
             duplicates: 0,
             out_of_order: 0,
             last_id: None,
+            lane_last: vec![None; lanes.max(1) as usize],
         }
     }
 
-    fn record(&mut self, data: &[u8]) {
+    pub fn record(&mut self, data: &[u8]) {
         let Ok(event) = serde_json::from_slice::<Delivered>(data) else {
             return;
         };
-        let now = now_us();
+        let seq = event.payload.seq;
         let _ = self
             .latencies
-            .record(now.saturating_sub(event.payload.sent_us).max(1));
-        let (word, bit) = ((event.payload.seq / 64) as usize, event.payload.seq % 64);
-        if let Some(slot) = self.seen.get_mut(word) {
-            if *slot & (1 << bit) != 0 {
-                self.duplicates += 1;
-            }
-            *slot |= 1 << bit;
+            .record(now_us().saturating_sub(event.payload.sent_us).max(1));
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
         }
-        // Event ids are UUIDv7 given in commit order: a delivery must never go backwards.
-        if self.last_id.is_some_and(|last| event.id <= last) {
-            self.out_of_order += 1;
+        if self.seen[word] & (1 << bit) != 0 {
+            self.duplicates += 1;
         }
-        self.last_id = Some(event.id);
+        self.seen[word] |= 1 << bit;
+        let lanes = self.lane_last.len() as u64;
+        let lane = &mut self.lane_last[(seq % lanes) as usize];
+        let mut backwards = lane.is_some_and(|last| seq <= last);
+        *lane = Some(seq);
+        if let Some(id) = event.id {
+            backwards |= self.last_id.is_some_and(|last| id <= last);
+            self.last_id = Some(id);
+        }
+        self.out_of_order += backwards as u64;
         self.received += 1;
     }
 
-    fn unique(&self) -> u64 {
+    /// Distinct sequence numbers seen.
+    pub fn unique(&self) -> u64 {
         self.seen.iter().map(|w| w.count_ones() as u64).sum()
     }
 }
 
-pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
-    let (broker, base, admin) = broker_for(&args.broker)?;
-    let publisher_key = create_key(&base, &admin, "service").await?;
-    let reader_key = create_key(&base, &admin, "reader").await?;
-    let authority = base.trim_start_matches("http://").to_owned();
-    let pid = broker.as_ref().map(|b| b.child.id());
-    let total = (args.rate * args.duration.as_secs_f64()).round() as u64;
-    if total == 0 {
-        bail!("--rate × --duration publishes nothing");
-    }
+/// A set of running subscribers on one endpoint.
+pub struct Subscribers {
+    handles: Vec<tokio::task::JoinHandle<anyhow::Result<Tally>>>,
+    /// How many events each subscriber must receive; `u64::MAX` until known.
+    expected: Arc<AtomicU64>,
+    done: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = pid.and_then(rss_kib);
+/// Opens `count` subscribers and waits until every one of them is subscribed.
+pub async fn open_subscribers(
+    endpoint: &Endpoint,
+    transport: Transport,
+    count: usize,
+    lanes: u64,
+) -> anyhow::Result<Subscribers> {
+    open_subscribers_held(endpoint, transport, count, lanes, None).await
+}
+
+/// As [`open_subscribers`]; with `hold`, SSE subscribers with a small receive buffer that read
+/// nothing after subscribing until `hold` is cancelled (slow consumers).
+pub async fn open_subscribers_held(
+    endpoint: &Endpoint,
+    transport: Transport,
+    count: usize,
+    lanes: u64,
+    hold: Option<CancellationToken>,
+) -> anyhow::Result<Subscribers> {
     let ready = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let mut subscribers = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
-        let (authority, key, ready, done) = (
-            authority.clone(),
-            reader_key.clone(),
+    let subscribers = Subscribers {
+        handles: Vec::with_capacity(count),
+        expected: Arc::new(AtomicU64::new(u64::MAX)),
+        done: Arc::new(AtomicUsize::new(0)),
+        stop: CancellationToken::new(),
+    };
+    let mut subscribers = subscribers;
+    let failed = Arc::new(AtomicBool::new(false));
+    for _ in 0..count {
+        let endpoint = endpoint.clone();
+        let (ready, expected, done, stop, failed, hold) = (
             ready.clone(),
-            done.clone(),
+            subscribers.expected.clone(),
+            subscribers.done.clone(),
+            subscribers.stop.clone(),
+            failed.clone(),
+            hold.clone(),
         );
-        let transport = args.transport;
-        subscribers.push(tokio::spawn(async move {
-            let mut tally = Tally::new(total);
-            let result = match transport {
-                Transport::Sse => subscribe_sse(&authority, &key, &ready, &mut tally, total).await,
-                Transport::Ws => subscribe_ws(&authority, &key, &ready, &mut tally, total).await,
+        subscribers.handles.push(tokio::spawn(async move {
+            let mut tally = Tally::new(lanes);
+            let watch = Watch {
+                ready: &ready,
+                expected: &expected,
+                done: &done,
+                stop: &stop,
+                hold: hold.as_ref(),
             };
-            done.fetch_add(1, Ordering::Relaxed);
+            let result = match transport {
+                Transport::Sse => subscribe_sse(&endpoint, &watch, &mut tally).await,
+                Transport::Ws => subscribe_ws(&endpoint, &watch, &mut tally).await,
+            };
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
             result.map(|()| tally)
         }));
-    }
-    let open_deadline = Instant::now() + Duration::from_secs(60);
-    while ready.load(Ordering::Relaxed) < args.subscribers {
-        if Instant::now() > open_deadline {
-            bail!(
-                "only {} of {} subscribers connected",
-                ready.load(Ordering::Relaxed),
-                args.subscribers
-            );
+        // Connection storms are part of no scenario: open a few hundred at a time.
+        if subscribers.handles.len().is_multiple_of(250) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_idle = pid.and_then(rss_kib);
-
-    let cpu_before = pid.and_then(cpu_seconds);
-    let started = Instant::now();
-    publish(&Publishing {
-        authority: authority.clone(),
-        key: publisher_key.clone(),
-        rate: args.rate,
-        total,
-        connections: args.publishers,
-        event_bytes: args.event_bytes,
-    })
-    .await?;
-    let published_in = started.elapsed();
-    let drain_deadline = Instant::now() + args.drain;
-    while done.load(Ordering::Relaxed) < args.subscribers && Instant::now() < drain_deadline {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::Relaxed) < count {
+        if failed.load(Ordering::Relaxed) || Instant::now() > deadline {
+            let opened = ready.load(Ordering::Relaxed);
+            let error = subscribers.stop_and_first_error().await;
+            bail!("only {opened} of {count} subscribers subscribed: {error}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let delivered_in = started.elapsed();
-    let cpu_after = pid.and_then(cpu_seconds);
-    for subscriber in &subscribers {
-        subscriber.abort();
-    }
+    Ok(subscribers)
+}
 
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let (mut received, mut unique, mut duplicates, mut out_of_order) = (0u64, 0u64, 0u64, 0u64);
-    let mut failed = 0;
-    for subscriber in subscribers {
-        match subscriber.await {
-            Ok(Ok(tally)) => {
-                latencies.add(&tally.latencies)?;
-                received += tally.received;
-                unique += tally.unique();
-                duplicates += tally.duplicates;
-                out_of_order += tally.out_of_order;
-            }
-            Ok(Err(e)) => {
-                failed += 1;
-                eprintln!("a subscriber failed: {e:#}");
-            }
-            Err(_) => failed += 1, // still waiting at the end of the drain: counted as missed
+/// Everything the subscribers saw, together.
+pub struct Seen {
+    pub latencies: Histogram<u64>,
+    pub received: u64,
+    pub unique: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub errors: usize,
+}
+
+impl Subscribers {
+    /// Each subscriber is to receive `total` events; answers once all have or at `deadline`.
+    pub async fn wait_for(&self, total: u64, deadline: Instant) {
+        self.expected.store(total, Ordering::Relaxed);
+        // Subscribers that already had everything when `total` became known count themselves on
+        // their next check; poll them.
+        while self.done.load(Ordering::Relaxed) < self.handles.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let expected = total * args.subscribers as u64;
-    let transport = match args.transport {
-        Transport::Sse => "SSE",
-        Transport::Ws => "WebSocket",
-    };
-    println!(
-        "scenario      fanout: {} {transport} subscribers, {} events/s for {:?}, ~{} B per event",
-        args.subscribers, args.rate, args.duration, args.event_bytes
-    );
-    println!(
-        "published     {total} events in {:.2} s",
-        published_in.as_secs_f64()
-    );
-    println!(
-        "deliveries/s  {:.0}",
-        received as f64 / delivered_in.as_secs_f64().max(published_in.as_secs_f64())
-    );
-    println!(
-        "latency       p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
-        latencies.value_at_quantile(0.50) as f64 / 1000.0,
-        latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        latencies.max() as f64 / 1000.0
-    );
-    println!(
-        "correctness   missed {}   duplicated {duplicates}   out of order {out_of_order}   (subscribers cut off by the drain timeout: {failed})",
-        expected.saturating_sub(unique)
-    );
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        println!(
-            "broker CPU    {:.2} µs per delivery",
-            (after - before) * 1e6 / received.max(1) as f64
-        );
+
+    /// Stops every subscriber and adds up what they saw.
+    pub async fn finish(self) -> anyhow::Result<Seen> {
+        self.stop.cancel();
+        let mut seen = Seen {
+            latencies: new_histogram(),
+            received: 0,
+            unique: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            errors: 0,
+        };
+        for handle in self.handles {
+            match handle.await? {
+                Ok(tally) => {
+                    seen.latencies.add(&tally.latencies)?;
+                    seen.received += tally.received;
+                    seen.unique += tally.unique();
+                    seen.duplicates += tally.duplicates;
+                    seen.out_of_order += tally.out_of_order;
+                }
+                Err(e) => {
+                    if seen.errors == 0 {
+                        eprintln!("a subscriber failed: {e:#}");
+                    }
+                    seen.errors += 1;
+                }
+            }
+        }
+        Ok(seen)
     }
-    if let (Some(before), Some(idle)) = (rss_before, rss_idle) {
-        println!(
-            "broker RSS    {:.1} MiB idle with subscribers; {:.1} KB per idle subscriber",
-            idle as f64 / 1024.0,
-            (idle.saturating_sub(before)) as f64 * 1.024 / args.subscribers as f64
-        );
+
+    async fn stop_and_first_error(self) -> String {
+        self.stop.cancel();
+        for handle in self.handles {
+            if let Ok(Err(e)) = handle.await {
+                return format!("{e:#}");
+            }
+        }
+        "timed out".to_owned()
     }
-    drop(broker);
+}
+
+/// What a subscriber task watches besides its socket.
+struct Watch<'a> {
+    ready: &'a AtomicUsize,
+    expected: &'a AtomicU64,
+    done: &'a AtomicUsize,
+    stop: &'a CancellationToken,
+    hold: Option<&'a CancellationToken>,
+}
+
+impl Watch<'_> {
+    /// Counts the subscriber done (once) when it has every expected event.
+    fn check_done(&self, tally: &Tally, counted: &mut bool) {
+        if !*counted && tally.unique() >= self.expected.load(Ordering::Relaxed) {
+            *counted = true;
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn subscribe_sse(
+    endpoint: &Endpoint,
+    watch: &Watch<'_>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if watch.hold.is_some() {
+        // A slow consumer: a small window, so the server sees it fall behind at once.
+        socket.set_recv_buffer_size(8 * 1024)?;
+    }
+    let stream = socket.connect(endpoint.authority.parse()?).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = Request::get(&endpoint.sse_path)
+        .header("host", &endpoint.authority)
+        .header("accept", "text/event-stream");
+    if let Some(auth) = &endpoint.subscribe_auth {
+        request = request.header("authorization", auth);
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new())?)
+        .await?;
+    if response.status() != 200 {
+        bail!("the stream answered {}", response.status());
+    }
+    watch.ready.fetch_add(1, Ordering::Relaxed);
+    if let Some(hold) = watch.hold {
+        tokio::select! {
+            _ = hold.cancelled() => {}
+            _ = watch.stop.cancelled() => return Ok(()),
+        }
+    }
+    let mut body = response.into_body();
+    let mut buffer = BytesMut::new();
+    let mut counted = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = watch.stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                watch.check_done(tally, &mut counted);
+                continue;
+            }
+        };
+        let Ok(chunk) = frame.context("the stream ended")??.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+            let message = buffer.split_to(end + 2);
+            for line in message[..].split(|&b| b == b'\n') {
+                if let Some(data) = line.strip_prefix(b"data: ") {
+                    tally.record(data);
+                }
+            }
+        }
+        watch.check_done(tally, &mut counted);
+    }
+}
+
+async fn subscribe_ws(
+    endpoint: &Endpoint,
+    watch: &Watch<'_>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request =
+        format!("ws://{}{}", endpoint.authority, endpoint.ws_path).into_client_request()?;
+    if let Some(auth) = &endpoint.subscribe_auth {
+        request.headers_mut().insert("authorization", auth.parse()?);
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    if let Some(frame) = endpoint.ws_subscribe_frame() {
+        socket.send(Message::text(frame)).await?;
+        // {"op":"subscribed",…} comes first.
+        loop {
+            let message = socket.next().await.context("the socket closed")??;
+            if let Message::Text(text) = message {
+                if text.contains("\"subscribed\"") {
+                    break;
+                }
+                bail!("unexpected first frame: {text}");
+            }
+        }
+    }
+    watch.ready.fetch_add(1, Ordering::Relaxed);
+    let mut counted = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            _ = watch.stop.cancelled() => break,
+            _ = tick.tick() => {
+                watch.check_done(tally, &mut counted);
+                continue;
+            }
+        };
+        let Message::Text(text) = message.context("the socket closed")?? else {
+            continue;
+        };
+        match endpoint.ws_framing {
+            WsFraming::Raw => tally.record(text.as_bytes()),
+            // {"op":"event","subscription":"b","event":{…}}: the event starts after `"event":`.
+            WsFraming::CpodEnvelope => {
+                let bytes = text.as_bytes();
+                if let Some(at) = bytes.windows(8).position(|w| w == b"\"event\":") {
+                    let mut event = &bytes[at + 8..];
+                    if event.last() == Some(&b'}') {
+                        event = &event[..event.len() - 1];
+                    }
+                    tally.record(event);
+                }
+            }
+        }
+        watch.check_done(tally, &mut counted);
+    }
+    let _ = socket.close(None).await;
     Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection that publishes to an endpoint.
+pub struct Publisher {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    endpoint: Endpoint,
+}
+
+impl Publisher {
+    pub async fn connect(endpoint: &Endpoint) -> anyhow::Result<Publisher> {
+        let stream = tokio::net::TcpStream::connect(&endpoint.authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Publisher {
+            sender,
+            endpoint: endpoint.clone(),
+        })
+    }
+
+    /// POSTs one body; answers whether the server acknowledged it (2xx).
+    pub async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<bool> {
+        let mut request = Request::post(path)
+            .header("host", &self.endpoint.authority)
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.endpoint.publish_auth {
+            request = request.header("authorization", auth);
+        }
+        let response = self
+            .sender
+            .send_request(request.body(Full::new(body))?)
+            .await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status.is_success())
+    }
+
+    pub async fn publish(&mut self, body: Bytes) -> anyhow::Result<bool> {
+        let path = self.endpoint.publish_path.clone();
+        self.post(&path, body).await
+    }
 }
 
 /// An open-loop publishing plan.
 pub struct Publishing {
-    pub authority: String,
-    pub key: String,
     pub rate: f64,
     pub total: u64,
     pub connections: usize,
     pub event_bytes: usize,
+    pub event_type: String,
 }
 
-/// Publishes `total` `custom.bench` events, event i at `start + i / rate`, from several
-/// connections; each carries its `seq` and its send time (`sentUs`) in the payload.
-pub async fn publish(plan: &Publishing) -> anyhow::Result<()> {
+/// Publishes `total` events, event i at `start + i / rate`, from several connections (lane
+/// `i % connections`); each carries its `seq` and its send time (`sentUs`) in the payload.
+pub async fn publish(endpoint: &Endpoint, plan: &Publishing) -> anyhow::Result<()> {
     let start = Instant::now() + Duration::from_millis(100);
-    let filler = "x".repeat(plan.event_bytes.saturating_sub(260));
+    let filler = filler(plan.event_bytes);
     let total = plan.total;
     let mut tasks = Vec::new();
     for lane in 0..plan.connections as u64 {
-        let (authority, key, filler, rate, lanes) = (
-            plan.authority.clone(),
-            plan.key.clone(),
+        let (endpoint, filler, rate, lanes) = (
+            endpoint.clone(),
             filler.clone(),
             plan.rate,
             plan.connections as u64,
         );
+        let event_type = plan.event_type.clone();
         tasks.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&authority).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
+            let mut publisher = Publisher::connect(&endpoint).await?;
             let mut seq = lane;
             while seq < total {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
-                let body = json!({
-                    "type": "custom.bench", "resourceId": "bench", "resourceType": "bench",
-                    "payload": {"seq": seq, "sentUs": now_us(), "filler": filler},
-                });
-                let request = Request::post("/v1/events")
-                    .header("host", &authority)
-                    .header("authorization", format!("Bearer {key}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                if status != 201 {
-                    bail!("publishing answered {status}");
+                if !publisher
+                    .publish(bench_event(&event_type, seq, &filler))
+                    .await?
+                {
+                    bail!("{} refused a publish", endpoint.name);
                 }
                 seq += lanes;
             }
@@ -317,93 +547,272 @@ pub async fn publish(plan: &Publishing) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn subscribe_sse(
-    authority: &str,
-    key: &str,
-    ready: &AtomicUsize,
-    tally: &mut Tally,
-    total: u64,
-) -> anyhow::Result<()> {
-    let stream = tokio::net::TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get("/v1/events/stream?types=custom.bench")
-        .header("host", authority)
-        .header("authorization", format!("Bearer {key}"))
-        .header("accept", "text/event-stream")
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    if response.status() != 200 {
-        bail!("the stream answered {}", response.status());
-    }
-    let mut body = response.into_body();
-    let mut buffer = BytesMut::new();
-    let mut counted_ready = false;
-    while tally.received < total {
-        let frame = body.frame().await.context("the stream ended")??;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        if !counted_ready {
-            ready.fetch_add(1, Ordering::Relaxed);
-            counted_ready = true;
-        }
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-            let message = buffer.split_to(end + 2);
-            for line in message[..].split(|&b| b == b'\n') {
-                if let Some(data) = line.strip_prefix(b"data: ") {
-                    tally.record(data);
+/// What closed-loop publishing achieved.
+pub struct ClosedLoop {
+    /// Acknowledged in the measured window.
+    pub events: u64,
+    /// Acknowledged in any phase, warm-up included.
+    pub acknowledged: u64,
+    pub errors: u64,
+    pub elapsed: f64,
+    pub latencies: Histogram<u64>,
+}
+
+/// Publishes single events as fast as the server acknowledges them, from `connections`
+/// keep-alive connections, for `warmup` then a measured `duration`. `on_window` runs at the
+/// start and end of the measured window (e.g. to read the server's CPU time).
+pub async fn publish_closed_loop(
+    endpoint: &Endpoint,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+    event_bytes: usize,
+    event_type: &str,
+    mut on_window: impl FnMut(),
+) -> anyhow::Result<ClosedLoop> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let filler = filler(event_bytes);
+    let mut tasks = Vec::new();
+    for lane in 0..connections as u64 {
+        let (endpoint, measuring, stop, filler) = (
+            endpoint.clone(),
+            measuring.clone(),
+            stop.clone(),
+            filler.clone(),
+        );
+        let event_type = event_type.to_owned();
+        let lanes = connections as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut publisher = Publisher::connect(&endpoint).await?;
+            let mut result = ClosedLoop {
+                events: 0,
+                acknowledged: 0,
+                errors: 0,
+                elapsed: 0.0,
+                latencies: new_histogram(),
+            };
+            let mut seq = lane;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let ok = publisher
+                    .publish(bench_event(&event_type, seq, &filler))
+                    .await?;
+                seq += lanes;
+                result.acknowledged += ok as u64;
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        result.events += 1;
+                        let _ = result
+                            .latencies
+                            .record((started.elapsed().as_micros() as u64).max(1));
+                    } else {
+                        result.errors += 1;
+                    }
                 }
             }
+            anyhow::Ok(result)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    on_window();
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    on_window();
+    stop.store(true, Ordering::Relaxed);
+    let mut total = ClosedLoop {
+        events: 0,
+        acknowledged: 0,
+        errors: 0,
+        elapsed,
+        latencies: new_histogram(),
+    };
+    for task in tasks {
+        let lane = task.await??;
+        total.events += lane.events;
+        total.acknowledged += lane.acknowledged;
+        total.errors += lane.errors;
+        total.latencies.add(&lane.latencies)?;
+    }
+    Ok(total)
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Serialize, Clone, Copy, Default, Debug)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(histogram: &Histogram<u64>) -> Percentiles {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
         }
     }
+}
+
+/// One fan-out measurement's settings.
+#[derive(Clone)]
+pub struct FanoutSpec {
+    pub subscribers: usize,
+    pub transport: Transport,
+    pub rate: f64,
+    pub duration: Duration,
+    pub event_bytes: usize,
+    pub publishers: usize,
+    pub drain: Duration,
+    /// Isolates this measurement's messages from earlier ones on the same server.
+    pub channel: String,
+}
+
+/// One fan-out measurement's figures.
+#[derive(Serialize, Clone, Debug)]
+pub struct FanoutFigures {
+    pub published: u64,
+    pub deliveries_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub missed: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub subscriber_errors: usize,
+    /// Server CPU time per delivery, when this tool started the server.
+    pub cpu_us_per_delivery: Option<f64>,
+    pub rss_idle_mib: Option<f64>,
+    pub rss_kb_per_idle_subscriber: Option<f64>,
+}
+
+/// Runs one fan-out measurement on `endpoint`; `server` (if this tool started it) gives CPU
+/// time and memory.
+pub async fn measure(
+    endpoint: &Endpoint,
+    server: Option<&Peer>,
+    spec: &FanoutSpec,
+) -> anyhow::Result<FanoutFigures> {
+    let endpoint = endpoint.channel(&spec.channel);
+    let total = (spec.rate * spec.duration.as_secs_f64()).round() as u64;
+    if total == 0 {
+        bail!("the rate × the duration publishes nothing");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = server.map(Peer::rss_kib);
+    let subscribers = open_subscribers(
+        &endpoint,
+        spec.transport,
+        spec.subscribers,
+        spec.publishers as u64,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_idle = server.map(Peer::rss_kib);
+
+    let cpu_before = server.map(Peer::cpu_seconds);
+    let started = Instant::now();
+    publish(
+        &endpoint,
+        &Publishing {
+            rate: spec.rate,
+            total,
+            connections: spec.publishers,
+            event_bytes: spec.event_bytes,
+            event_type: Endpoint::event_type(&spec.channel),
+        },
+    )
+    .await?;
+    let published_in = started.elapsed();
+    subscribers
+        .wait_for(total, Instant::now() + spec.drain)
+        .await;
+    let delivered_in = started.elapsed();
+    let cpu_after = server.map(Peer::cpu_seconds);
+    let seen = subscribers.finish().await?;
+    let expected = total * spec.subscribers as u64;
+    Ok(FanoutFigures {
+        published: total,
+        deliveries_per_s: seen.received as f64
+            / delivered_in.as_secs_f64().max(published_in.as_secs_f64()),
+        latency_ms: Percentiles::of(&seen.latencies),
+        missed: expected.saturating_sub(seen.unique),
+        duplicated: seen.duplicates,
+        out_of_order: seen.out_of_order,
+        subscriber_errors: seen.errors,
+        cpu_us_per_delivery: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| (after - before) * 1e6 / seen.received.max(1) as f64),
+        rss_idle_mib: rss_idle.map(|kib| kib as f64 / 1024.0),
+        rss_kb_per_idle_subscriber: rss_before.zip(rss_idle).map(|(before, idle)| {
+            idle.saturating_sub(before) as f64 * 1.024 / spec.subscribers as f64
+        }),
+    })
+}
+
+/// `cpod-bench fanout`: one measurement against our broker.
+pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    let peer;
+    let (endpoint, server) = match (&args.broker.url, &args.broker.admin_key) {
+        (Some(url), Some(admin)) => {
+            let base = url.trim_end_matches('/');
+            let service = super::create_key(base, admin, "service").await?;
+            let reader = super::create_key(base, admin, "reader").await?;
+            (Endpoint::cpod(base, &service, &reader), None)
+        }
+        _ => {
+            peer = Peer::start_cpod(&args.broker).await?;
+            (peer.endpoint.clone(), Some(&peer))
+        }
+    };
+    let spec = FanoutSpec {
+        subscribers: args.subscribers,
+        transport: args.transport,
+        rate: args.rate,
+        duration: args.duration,
+        event_bytes: args.event_bytes,
+        publishers: args.publishers,
+        drain: args.drain,
+        channel: "bench".into(),
+    };
+    let figures = measure(&endpoint, server, &spec).await?;
+    println!(
+        "scenario      fanout: {} {} subscribers, {} events/s for {:?}, ~{} B per event",
+        args.subscribers,
+        args.transport.label(),
+        args.rate,
+        args.duration,
+        args.event_bytes
+    );
+    print_figures(&figures);
     Ok(())
 }
 
-async fn subscribe_ws(
-    authority: &str,
-    key: &str,
-    ready: &AtomicUsize,
-    tally: &mut Tally,
-    total: u64,
-) -> anyhow::Result<()> {
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{authority}/v1/events/ws").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {key}").parse()?);
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
-    socket
-        .send(Message::text(
-            json!({"op": "subscribe", "id": "b", "filter": {"types": ["custom.bench"]}})
-                .to_string(),
-        ))
-        .await?;
-    let mut counted_ready = false;
-    while tally.received < total {
-        let message = socket.next().await.context("the socket closed")??;
-        let Message::Text(text) = message else {
-            continue;
-        };
-        if !counted_ready {
-            ready.fetch_add(1, Ordering::Relaxed);
-            counted_ready = true;
-            continue; // {"op":"subscribed"}
-        }
-        // {"op":"event","subscription":"b","event":{…}}: the event starts after `"event":`.
-        let bytes = text.as_bytes();
-        if let Some(at) = bytes.windows(8).position(|w| w == b"\"event\":") {
-            let mut event = &bytes[at + 8..];
-            if event.last() == Some(&b'}') {
-                event = &event[..event.len() - 1];
-            }
-            tally.record(event);
-        }
+pub fn print_figures(figures: &FanoutFigures) {
+    println!("published     {} events", figures.published);
+    println!("deliveries/s  {:.0}", figures.deliveries_per_s);
+    let l = figures.latency_ms;
+    println!(
+        "latency       p50 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
+        l.p50, l.p99, l.p999, l.max
+    );
+    println!(
+        "correctness   missed {}   duplicated {}   out of order {}   (subscriber errors: {})",
+        figures.missed, figures.duplicated, figures.out_of_order, figures.subscriber_errors
+    );
+    if let Some(cpu) = figures.cpu_us_per_delivery {
+        println!("server CPU    {cpu:.2} µs per delivery");
     }
-    let _ = socket.close(None).await;
-    Ok(())
+    if let (Some(idle), Some(per)) = (figures.rss_idle_mib, figures.rss_kb_per_idle_subscriber) {
+        println!(
+            "server RSS    {idle:.1} MiB idle with subscribers; {per:.1} KB per idle subscriber"
+        );
+    }
 }

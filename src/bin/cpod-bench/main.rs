@@ -6,6 +6,9 @@
 //! HTTP/1.1 connections for `--duration`, after a warm-up. It reports events/s, request latency
 //! percentiles, the broker's CPU time per 1,000 events (from /proc, when it started the broker),
 //! and checks that every acknowledged event is in history.
+//!
+//! `cpod-bench fanout` and `cpod-bench webhooks` measure live delivery; `cpod-bench compare`
+//! runs our broker and nchan side by side (see `compare`).
 
 /// mimalloc: glibc's allocator contends on its arena locks when the writer thread allocates
 /// what HTTP workers free (measured in BENCHMARKS.md).
@@ -27,7 +30,11 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+mod charts;
+mod compare;
 mod fanout;
+mod peer;
+mod solo;
 mod webhooks;
 
 #[derive(Parser)]
@@ -45,6 +52,8 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Webhook delivery to a local receiver.
     Webhooks(webhooks::WebhookArgs),
+    /// Our broker and nchan side by side, every scenario on both; writes bench/results/.
+    Compare(compare::CompareArgs),
 }
 
 /// Which broker to drive: a fresh one started by this tool, or `--url`.
@@ -93,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ingest(args) => ingest(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Webhooks(args) => webhooks::run(args).await,
+        Scenario::Compare(args) => compare::run(args).await,
     }
 }
 

@@ -12,7 +12,8 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fanout::{Delivered, Publishing, now_us, publish};
+use super::fanout::{Delivered, Publishing, new_histogram, now_us, publish};
+use super::peer::Endpoint;
 use super::{BrokerArgs, broker_for, cpu_seconds, create_key};
 
 #[derive(Args, Clone)]
@@ -67,11 +68,11 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     broker_args.allow_private_webhooks = true;
     let (broker, base, admin) = broker_for(&broker_args)?;
     let key = create_key(&base, &admin, "service").await?;
-    let authority = base.trim_start_matches("http://").to_owned();
+    let endpoint = Endpoint::cpod(&base, &key, &key);
     let pid = broker.as_ref().map(|b| b.child.id());
 
     let state = web::Data::new(Mutex::new(Received {
-        latencies: Some(Histogram::new_with_bounds(1, 600_000_000, 3)?),
+        latencies: Some(new_histogram()),
         ..Received::default()
     }));
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -109,14 +110,16 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
     let expected = total * args.endpoints as u64;
     let cpu_before = pid.and_then(cpu_seconds);
     let started = Instant::now();
-    publish(&Publishing {
-        authority,
-        key,
-        rate: args.rate,
-        total,
-        connections: args.publishers,
-        event_bytes: args.event_bytes,
-    })
+    publish(
+        &endpoint,
+        &Publishing {
+            rate: args.rate,
+            total,
+            connections: args.publishers,
+            event_bytes: args.event_bytes,
+            event_type: "custom.bench".into(),
+        },
+    )
     .await?;
     let deadline = Instant::now() + args.drain;
     while state.lock().expect("receiver lock").count < expected && Instant::now() < deadline {
