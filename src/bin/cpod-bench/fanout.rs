@@ -471,7 +471,11 @@ impl Publisher {
         stream.set_nodelay(true)?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("a publishing connection failed: {e}");
+            }
+        });
         Ok(Publisher {
             sender,
             endpoint: endpoint.clone(),
@@ -486,10 +490,22 @@ impl Publisher {
         if let Some(auth) = &self.endpoint.publish_auth {
             request = request.header("authorization", auth);
         }
-        let response = self
-            .sender
-            .send_request(request.body(Full::new(body))?)
-            .await?;
+        let mut request = request.body(Full::new(body))?;
+        // hyper can find the connection not ready yet right after a large response; the
+        // request is then handed back unsent, and sent again once it is.
+        let response = loop {
+            self.sender.ready().await?;
+            match self.sender.try_send_request(request).await {
+                Ok(response) => break response,
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => {
+                        request = unsent;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    None => return Err(error.into_error().into()),
+                },
+            }
+        };
         let status = response.status();
         response.into_body().collect().await?;
         Ok(status.is_success())

@@ -160,7 +160,7 @@ fn number(value: f64) -> String {
 }
 
 pub async fn run(peer: &Peer, replay_events: u64, idle: usize) -> anyhow::Result<SoloFigures> {
-    let replay = replay(peer, replay_events).await?;
+    let replay = replay(peer, replay_events).await.context("replay")?;
     println!(
         "   replay: {} events back, first after {:.1} ms, {:.0} events/s, missed {} dup {} order {}",
         replay.events_back,
@@ -170,7 +170,7 @@ pub async fn run(peer: &Peer, replay_events: u64, idle: usize) -> anyhow::Result
         replay.duplicated,
         replay.out_of_order
     );
-    let slow_subscriber = slow_beside_fast(peer).await?;
+    let slow_subscriber = slow_beside_fast(peer).await.context("slow subscribers")?;
     println!(
         "   slow subscribers: fast p99 {:.1} ms alone, {:.1} ms beside slow; peak RSS {:.0} → {:.0} MiB; slow missed {} dup {} order {}",
         slow_subscriber.fast_alone_ms.p99,
@@ -240,7 +240,11 @@ async fn replay(peer: &Peer, events: u64) -> anyhow::Result<ReplayFigures> {
             .collect();
         seq += batch.len() as u64;
         let body = Bytes::from(json!({ "events": batch }).to_string());
-        if !publisher.post("/v1/events/batch", body).await? {
+        if !publisher
+            .post("/v1/events/batch", body)
+            .await
+            .with_context(|| format!("filling the replay at {seq}"))?
+        {
             bail!("the broker refused a batch while filling the replay");
         }
     }
@@ -261,7 +265,10 @@ async fn replay(peer: &Peer, events: u64) -> anyhow::Result<ReplayFigures> {
             peer.endpoint.subscribe_auth.as_deref().unwrap_or_default(),
         )
         .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("opening the replay stream")?;
     if response.status() != 200 {
         bail!("the replay stream answered {}", response.status());
     }
