@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::http::QueryParams;
-use crate::http::streams::{StreamRequest, SubscriberGauge, open_stream};
+use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
 use crate::hub::Subscription;
 use crate::startup::AppState;
 use crate::store::StoredEvent;
@@ -128,7 +128,7 @@ pub async fn stream_events(
         heartbeat,
         heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
         last_sent: Instant::now(),
-        delivered: metrics::counter!("cpod_events_delivered_total", "transport" => "sse"),
+        delivered: DeliveryCounter::new("sse"),
         _gauge: SubscriberGauge::new("sse"),
     };
     let body = futures_util::stream::unfold(stream, |mut stream| async move {
@@ -162,8 +162,7 @@ struct SseStream {
     /// Fires at most once per heartbeat; a keep-alive goes out only if nothing else did since.
     heartbeat_timer: Pin<Box<Sleep>>,
     last_sent: Instant,
-    /// Looked up once: the registry lookup would otherwise cost every delivery.
-    delivered: metrics::Counter,
+    delivered: DeliveryCounter,
     _gauge: SubscriberGauge,
 }
 
@@ -185,6 +184,7 @@ impl SseStream {
                 _ = self.ended.as_mut() => return None,
                 _ = deadline => return None,
                 _ = self.heartbeat_timer.as_mut() => {
+                    self.delivered.flush();
                     let due = self.last_sent + self.heartbeat;
                     if Instant::now() >= due {
                         self.last_sent = Instant::now();
@@ -196,7 +196,7 @@ impl SseStream {
                 next = self.subscription.next() => match next {
                     Ok(events) => {
                         self.last_sent = Instant::now();
-                        self.delivered.increment(events.len() as u64);
+                        self.delivered.add(events.len());
                         return Some(frames(&events));
                     }
                     Err(e) => {

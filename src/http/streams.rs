@@ -157,6 +157,50 @@ impl Drop for SubscriberGauge {
     }
 }
 
+/// Counts a subscriber's deliveries in `cpod_events_delivered_total`, adding to the shared
+/// counter once [`DeliveryCounter::BATCH`] events or a second have gone by, on
+/// [`flush`](DeliveryCounter::flush) and when dropped: an atomic add on a counter every worker
+/// thread shares would otherwise cost each delivery (1.4 % of the broker's CPU at 100 events/s ×
+/// 1,000 subscribers, perf).
+pub struct DeliveryCounter {
+    counter: metrics::Counter,
+    pending: u64,
+    flushed_at: std::time::Instant,
+}
+
+impl DeliveryCounter {
+    const BATCH: u64 = 256;
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(transport: &'static str) -> Self {
+        Self {
+            counter: metrics::counter!("cpod_events_delivered_total", "transport" => transport),
+            pending: 0,
+            flushed_at: std::time::Instant::now(),
+        }
+    }
+
+    pub fn add(&mut self, events: usize) {
+        self.pending += events as u64;
+        if self.pending >= Self::BATCH || self.flushed_at.elapsed() >= Self::PERIOD {
+            self.flush();
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.pending > 0 {
+            self.counter.increment(std::mem::take(&mut self.pending));
+            self.flushed_at = std::time::Instant::now();
+        }
+    }
+}
+
+impl Drop for DeliveryCounter {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Create a stream ticket for this key: read-only, for `?ticket=` on the stream endpoints.
 #[utoipa::path(
     post, path = "/v1/stream-tickets", tag = "streams",

@@ -25,7 +25,9 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
 use crate::http::QueryParams;
-use crate::http::streams::{Resume, SubscriberGauge, resolve_start, ticket_deadline};
+use crate::http::streams::{
+    DeliveryCounter, Resume, SubscriberGauge, resolve_start, ticket_deadline,
+};
 use crate::hub::Subscription;
 use crate::startup::AppState;
 use crate::store::StoredEvent;
@@ -379,7 +381,7 @@ async fn run_subscription(
     cancel: CancellationToken,
 ) {
     let _gauge = SubscriberGauge::new("ws");
-    let delivered = metrics::counter!("cpod_events_delivered_total", "transport" => "ws");
+    let mut delivered = DeliveryCounter::new("ws");
     loop {
         let events = tokio::select! {
             biased;
@@ -393,7 +395,7 @@ async fn run_subscription(
                 }
             },
         };
-        delivered.increment(events.len() as u64);
+        delivered.add(events.len());
         for event in events {
             tokio::select! {
                 biased;

@@ -624,7 +624,8 @@ fn summarise(scenario: &Scenario, cpod: Vec<Figures>, nchan: Vec<Figures>) -> Sc
     }
 }
 
-fn number(value: f64) -> String {
+/// A figure for a table: thousands separated, two decimals below 100.
+pub fn number(value: f64) -> String {
     if !value.is_finite() {
         "—".to_owned()
     } else if value.abs() >= 1000.0 {
@@ -882,4 +883,76 @@ fn draw_charts(out: &Path, results: &[ScenarioResult]) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fanout(deliveries: f64, p99: f64, missed: u64) -> Figures {
+        Figures::Fanout(FanoutFigures {
+            published: 10,
+            deliveries_per_s: deliveries,
+            latency_ms: Percentiles {
+                p99,
+                ..Percentiles::default()
+            },
+            missed,
+            duplicated: 0,
+            out_of_order: 0,
+            subscriber_errors: 0,
+            cpu_us_per_delivery: None,
+            rss_idle_mib: None,
+            rss_kb_per_idle_subscriber: None,
+        })
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn figures_take_medians_but_faults_add_up_over_passes() {
+        let runs = [
+            fanout(100.0, 9.0, 0),
+            fanout(300.0, 1.0, 2),
+            fanout(200.0, 5.0, 1),
+        ];
+        let Figures::Fanout(m) = median_figures(&runs) else {
+            panic!("fan-out figures")
+        };
+        assert_eq!(m.deliveries_per_s, 200.0);
+        assert_eq!(m.latency_ms.p99, 5.0);
+        assert_eq!(m.missed, 3);
+        assert_eq!(m.published, 30);
+    }
+
+    #[test]
+    fn ratios_are_ours_over_theirs_and_a_fault_fails_the_targets() {
+        let scenario = Scenario {
+            id: "saturation-sse-1000".into(),
+            title: String::new(),
+            load: Load::Publish { subscribers: 0 },
+        };
+        let result = summarise(
+            &scenario,
+            vec![fanout(300.0, 10.0, 0)],
+            vec![fanout(200.0, 40.0, 1)],
+        );
+        assert_eq!(result.ratios["deliveries/s"], 1.5);
+        assert_eq!(result.ratios["latency p99 (ms)"], 0.25);
+        let targets = check_targets(&[result], None);
+        assert!(targets[0].met, "1.5× saturation");
+        assert!(!targets.last().unwrap().met, "nchan missed one delivery");
+    }
+
+    #[test]
+    fn numbers_are_readable() {
+        assert_eq!(number(1234567.4), "1,234,567");
+        assert_eq!(number(12.345), "12.35");
+        assert_eq!(number(f64::NAN), "—");
+    }
 }

@@ -832,3 +832,58 @@ pub fn print_figures(figures: &FanoutFigures) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(seq: u64, id: Option<&str>) -> Vec<u8> {
+        let mut event = json!({"payload": {"seq": seq, "sentUs": now_us()}});
+        if let Some(id) = id {
+            event["id"] = json!(id);
+        }
+        event.to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_tally_counts_distinct_events_and_duplicates() {
+        let mut tally = Tally::new(2);
+        for seq in [0, 1, 2, 2, 3, 1] {
+            tally.record(&delivery(seq, None));
+        }
+        assert_eq!(tally.received, 6);
+        assert_eq!(tally.unique(), 4);
+        assert_eq!(tally.duplicates, 2);
+    }
+
+    #[test]
+    fn order_is_checked_within_each_publishing_lane() {
+        // Lanes 0 (even) and 1 (odd) interleave freely; within a lane, seq must grow.
+        let mut tally = Tally::new(2);
+        for seq in [1, 0, 3, 2, 5, 4] {
+            tally.record(&delivery(seq, None));
+        }
+        assert_eq!(tally.out_of_order, 0);
+        tally.record(&delivery(6, None));
+        tally.record(&delivery(200, None)); // far ahead: a gap, not disorder
+        tally.record(&delivery(8, None)); // lane 0 went back from 200
+        assert_eq!(tally.out_of_order, 1);
+        assert_eq!(tally.unique(), 9);
+    }
+
+    #[test]
+    fn cpod_ids_must_never_go_backwards() {
+        let mut tally = Tally::new(4);
+        tally.record(&delivery(0, Some("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f62")));
+        tally.record(&delivery(1, Some("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f61")));
+        assert_eq!(tally.out_of_order, 1);
+    }
+
+    #[test]
+    fn what_is_not_a_bench_event_is_ignored() {
+        let mut tally = Tally::new(1);
+        tally.record(b"{\"hello\":1}");
+        tally.record(b"not json");
+        assert_eq!(tally.received, 0);
+    }
+}

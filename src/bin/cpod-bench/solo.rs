@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::compare::number;
 use super::fanout::{
     self, FanoutFigures, FanoutSpec, Percentiles, Publisher, Publishing, Tally, Transport,
     open_subscribers_held,
@@ -145,18 +146,6 @@ impl SoloFigures {
         );
         md
     }
-}
-
-fn number(value: f64) -> String {
-    let whole = format!("{value:.0}");
-    let mut out = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 && c.is_ascii_digit() {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 pub async fn run(peer: &Peer, replay_events: u64, idle: usize) -> anyhow::Result<SoloFigures> {
@@ -360,11 +349,10 @@ async fn slow_beside_fast(peer: &Peer) -> anyhow::Result<SlowFigures> {
         let sampling = CancellationToken::new();
         let sampler = {
             let sampling = sampling.clone();
-            let pid_rss = move || peer_rss(peer);
-            let mut peak = pid_rss();
+            let mut peak = peer.rss_kib();
             async move {
                 while !sampling.is_cancelled() {
-                    peak = peak.max(pid_rss());
+                    peak = peak.max(peer.rss_kib());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 peak
@@ -428,8 +416,4 @@ async fn slow_beside_fast(peer: &Peer) -> anyhow::Result<SlowFigures> {
         slow_duplicated: slow.duplicates,
         slow_out_of_order: slow.out_of_order,
     })
-}
-
-fn peer_rss(peer: &Peer) -> u64 {
-    peer.rss_kib()
 }
