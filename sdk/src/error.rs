@@ -104,7 +104,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Api(e) => e.is_transient(),
-            Error::Http(e) => !e.is_decode() && !e.is_builder(),
+            // Bodies are decoded by this SDK (into `Protocol`): a reqwest decode error is a body
+            // cut short, as when the broker goes away mid-stream.
+            Error::Http(e) => !e.is_builder(),
             Error::WebSocket(_) => true,
             Error::Protocol(_) | Error::Config(_) => false,
         }

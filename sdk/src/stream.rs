@@ -172,7 +172,9 @@ pub(crate) struct Resume {
 /// A live stream of [`StreamItem`]s; see [`Events::stream`](crate::Events::stream). It ends only
 /// with an error no retry can cure (yielded last), and stops its connection when dropped.
 ///
-/// It starts working on its first poll and must be polled inside a Tokio runtime.
+/// It connects on its first poll (inside a Tokio runtime) and is live from the moment the
+/// broker accepts it: to include events stored before that, start it with
+/// [`StreamOptions::last_event_id`] or [`StreamOptions::since`].
 ///
 /// ```no_run
 /// use futures_util::StreamExt;
