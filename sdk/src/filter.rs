@@ -55,8 +55,11 @@ pub struct Filter {
     pub organization_id: Option<String>,
     /// Type patterns; empty means every type.
     pub types: Vec<String>,
+    /// Exact resource type.
     pub resource_type: Option<String>,
+    /// Exact resource id.
     pub resource_id: Option<String>,
+    /// Exact workspace.
     pub workspace_id: Option<String>,
 }
 

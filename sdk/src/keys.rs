@@ -29,14 +29,18 @@ pub struct Keys {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyInfo {
+    /// The key's id (a UUID).
     pub id: String,
     /// `None` for the admin key.
     pub organization_id: Option<String>,
     /// `admin`, `service`, `app` or `reader`.
     pub role: String,
+    /// A name for people.
     pub name: String,
+    /// ISO 8601 UTC.
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Set on the answer to a revocation.
     pub revoked_at: Option<String>,
 }
 
@@ -50,6 +54,7 @@ pub struct KeyInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedKey {
     #[serde(flatten)]
+    /// Everything but the secret.
     pub info: KeyInfo,
     /// The secret (`cpk_…`).
     pub key: String,
@@ -68,6 +73,7 @@ pub struct CreatedKey {
 pub struct NewKey {
     /// `service`, `app` or `reader`.
     pub role: String,
+    /// A name for people, 1 to 200 characters.
     pub name: String,
     /// Admin keys must name it; service keys create keys of their own organization.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,8 @@
 //! - [`keys`]     — `/v1/keys`
 //! - [`webhooks`] — `/v1/webhooks` and signature verification
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod error;
 pub mod events;

@@ -24,9 +24,13 @@ pub struct Event {
     /// Dot-namespaced, e.g. `pod.failed`.
     #[serde(rename = "type")]
     pub event_type: String,
+    /// The affected resource, e.g. `pod-7f9c`.
     pub resource_id: String,
+    /// The resource kind, e.g. `pod`.
     pub resource_type: String,
+    /// The organization that owns the event.
     pub organization_id: String,
+    /// The workspace inside the organization, if any.
     pub workspace_id: Option<String>,
     /// Event-specific data; always an object.
     #[serde(default)]
@@ -53,13 +57,17 @@ pub struct Event {
 #[serde(rename_all = "camelCase")]
 pub struct NewEvent {
     #[serde(rename = "type")]
+    /// Dot-namespaced, e.g. `custom.report.generated`.
     pub event_type: String,
+    /// The resource kind: `[a-z0-9_-]`, at most 64 characters.
     pub resource_type: String,
+    /// The affected resource: at most 256 characters.
     pub resource_id: String,
     /// A JSON object; `None` means `{}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The workspace inside the organization.
     pub workspace_id: Option<String>,
     /// Only an admin key names the organization; other keys emit into their own.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +137,7 @@ impl NewEvent {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Emitted {
+    /// The event as stored (the first one, when replayed).
     pub event: Event,
     /// The key was seen before with the same body: nothing new was stored and this is the
     /// first answer again (`Idempotent-Replayed: true`).
@@ -144,7 +153,9 @@ pub struct Emitted {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmittedBatch {
+    /// The events as stored, in order.
     pub events: Vec<Event>,
+    /// The key was seen before with the same body: nothing new was stored.
     pub replayed: bool,
 }
 
@@ -189,10 +200,15 @@ impl Order {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryQuery {
+    /// Admin keys: the organization, or `*` for every one.
     pub organization_id: Option<String>,
+    /// Type patterns; any may match; empty means every type.
     pub types: Vec<String>,
+    /// Exact resource type.
     pub resource_type: Option<String>,
+    /// Exact resource id.
     pub resource_id: Option<String>,
+    /// Exact workspace.
     pub workspace_id: Option<String>,
     /// ISO 8601: events at or after it.
     pub since: Option<String>,
@@ -200,6 +216,7 @@ pub struct HistoryQuery {
     pub until: Option<String>,
     /// 1 to 1000.
     pub limit: Option<u32>,
+    /// Newest first (the default) or oldest first.
     pub order: Option<Order>,
     /// The `next_cursor` of the previous page (with the same filters).
     pub cursor: Option<String>,
@@ -348,7 +365,10 @@ impl HistoryQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
+    /// The items of this page.
     pub data: Vec<T>,
+    /// Whether another page follows.
     pub has_more: bool,
+    /// Pass it as `cursor` (with the same filters) for the next page.
     pub next_cursor: Option<String>,
 }

@@ -55,6 +55,7 @@ pub enum StreamItem {
     Reconnecting {
         /// 1 for the first attempt after a failure, then 2, 3, …
         attempt: u32,
+        /// How long the stream waits before trying.
         delay: Duration,
         /// Why the last connection ended.
         error: String,

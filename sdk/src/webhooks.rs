@@ -35,16 +35,22 @@ pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
 #[non_exhaustive]
 pub enum VerifyError {
     #[error("the {0} header is missing")]
+    /// A required header is absent.
     MissingHeader(&'static str),
     #[error("webhook-timestamp is not a Unix time in seconds")]
+    /// `webhook-timestamp` is not an integer.
     BadTimestamp,
     #[error("the delivery's timestamp is more than 5 minutes old")]
+    /// Sent more than 5 minutes before now (a replay, or a clock far off).
     TooOld,
     #[error("the delivery's timestamp is more than 5 minutes in the future")]
+    /// Sent more than 5 minutes after now.
     TooNew,
     #[error("no secret given, or a secret that is not `whsec_` + base64")]
+    /// No usable secret was given.
     BadSecret,
     #[error("no signature matches")]
+    /// No signature was made with any of the secrets over this body.
     NoMatch,
 }
 
@@ -213,15 +219,24 @@ pub struct Webhooks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Webhook {
+    /// The endpoint's id.
     pub id: String,
+    /// The organization whose events it receives.
     pub organization_id: String,
+    /// Where deliveries are POSTed.
     pub url: String,
+    /// Type patterns it receives.
     pub types: Vec<String>,
+    /// Only events about this resource type, when set.
     pub resource_type: Option<String>,
+    /// A note for people.
     pub description: Option<String>,
+    /// Whether deliveries are made.
     pub enabled: bool,
     #[serde(default)]
+    /// Why the broker disabled it (e.g. a `410 Gone`).
     pub disabled_reason: Option<String>,
+    /// ISO 8601 UTC.
     pub created_at: String,
 }
 
@@ -235,6 +250,7 @@ pub struct Webhook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedWebhook {
     #[serde(flatten)]
+    /// The endpoint.
     pub webhook: Webhook,
     /// `whsec_…`
     pub secret: String,
@@ -250,13 +266,16 @@ pub struct CreatedWebhook {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewWebhook {
+    /// An http(s) URL (a public address unless the broker allows private ones).
     pub url: String,
     /// Type patterns; unset means `["*"]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Only events about this resource type.
     pub resource_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// A note for people.
     pub description: Option<String>,
 }
 
@@ -319,9 +338,13 @@ impl NewWebhook {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TestResult {
+    /// The endpoint answered 2xx within 15 seconds.
     pub success: bool,
+    /// The endpoint's HTTP status, if it answered.
     pub response_status: Option<u16>,
+    /// What went wrong before an answer (timeout, refused connection, …).
     pub error: Option<String>,
+    /// How long the attempt took.
     pub duration_ms: u64,
 }
 
@@ -338,14 +361,20 @@ pub struct TestResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// The delivery's id.
     pub id: String,
+    /// The delivered event.
     pub event_id: String,
+    /// The delivered event's type.
     pub event_type: String,
     /// `pending`, `succeeded` or `failed`.
     pub status: String,
+    /// When the next attempt is due, while pending.
     pub next_attempt_at: Option<String>,
     #[serde(default)]
+    /// When the delivery was queued.
     pub created_at: Option<String>,
+    /// Every attempt so far, oldest first.
     pub attempts: Vec<Attempt>,
 }
 
@@ -361,12 +390,18 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
+    /// 1 for the first attempt.
     pub attempt: u32,
+    /// The endpoint's HTTP status, if it answered.
     pub response_status: Option<u16>,
+    /// What went wrong before an answer.
     pub error: Option<String>,
+    /// How long the attempt took.
     pub duration_ms: u64,
+    /// ISO 8601 UTC.
     pub attempted_at: String,
     #[serde(default)]
+    /// The start of the answer (at most 20,000 bytes).
     pub response_body: Option<String>,
 }
 

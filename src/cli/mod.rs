@@ -377,6 +377,7 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
         }),
         cursor: args.cursor,
     };
+    printer.event_header()?;
     if args.all {
         let mut events = std::pin::pin!(client.events().history(query));
         while let Some(event) = events.next().await {

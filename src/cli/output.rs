@@ -11,6 +11,13 @@ use serde::Serialize;
 
 /// A payload longer than this is cut in readable lines (never in `--json`).
 const MAX_PAYLOAD_CHARS: usize = 160;
+/// Column widths of event lines: time, type, resource, workspace (longer values overflow).
+const WIDTHS: [usize; 4] = [24, 24, 28, 12];
+
+/// `text` padded with spaces to `width` characters.
+fn pad(text: &str, width: usize) -> String {
+    format!("{text:<width$}")
+}
 
 pub struct Printer {
     json: bool,
@@ -43,7 +50,8 @@ impl Printer {
         self.line(&serde_json::to_string(value).expect("client types serialize"))
     }
 
-    /// `2026-05-01T12:00:00.123Z  pod.failed  pod/pod-7f9c  ws-42  {"exitCode":137}`
+    /// `2026-05-01T12:00:00.123Z  pod.failed  pod/pod-7f9c  ws-42  {"exitCode":137}`, in
+    /// fixed-width columns so that consecutive lines form a table.
     pub fn event(&self, event: &Event) -> std::io::Result<()> {
         if self.json {
             return self.json_line(event);
@@ -57,19 +65,31 @@ impl Printer {
                 + "…";
         }
         let dim = Style::new().dimmed();
+        let resource = format!("{}/{}", event.resource_type, event.resource_id);
+        let workspace = event.workspace_id.as_deref().unwrap_or("-");
         self.line(&format!(
             "{}  {}  {}  {}  {}",
-            self.paint(dim, &event.timestamp),
+            self.paint(dim, &pad(&event.timestamp, WIDTHS[0])),
             self.paint(
                 type_style(&event.event_type),
-                &format!("{:<24}", event.event_type)
+                &pad(&event.event_type, WIDTHS[1])
             ),
-            self.paint(
-                Style::new().bold(),
-                &format!("{}/{}", event.resource_type, event.resource_id)
-            ),
-            self.paint(dim, event.workspace_id.as_deref().unwrap_or("-")),
+            self.paint(Style::new().bold(), &pad(&resource, WIDTHS[2])),
+            self.paint(dim, &pad(workspace, WIDTHS[3])),
             payload,
+        ))
+    }
+
+    /// The column names above [`Printer::event`] lines (not in `--json`).
+    pub fn event_header(&self) -> std::io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let names = ["TIME", "TYPE", "RESOURCE", "WORKSPACE"];
+        let header: Vec<String> = names.iter().zip(WIDTHS).map(|(n, w)| pad(n, w)).collect();
+        self.line(&self.paint(
+            Style::new().bold().underline(),
+            &format!("{}  PAYLOAD", header.join("  ")),
         ))
     }
 

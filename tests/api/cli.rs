@@ -198,11 +198,17 @@ async fn history_all_follows_cursors_to_every_event() {
     .await;
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(text.lines().count(), 5, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "a header and 5 events: {text}");
     assert!(
-        text.lines()
-            .all(|l| l.contains("custom.test.happened") || l.contains("credential.created"))
+        lines[0].starts_with("TIME") && lines[0].contains("PAYLOAD"),
+        "{text}"
     );
+    // Oldest first: the service key's own credential.created, then the batch in order.
+    assert!(lines[1].contains("credential.created"), "{text}");
+    for (line, i) in lines[2..].iter().zip(0..) {
+        assert!(line.contains(&format!("thing/r{i} ")), "{line}");
+    }
     assert!(String::from_utf8_lossy(&output.stderr).contains("--cursor"));
 }
 
