@@ -73,6 +73,9 @@ pub enum Error {
     /// The WebSocket failed.
     #[error("WebSocket: {0}")]
     WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The broker did not answer in time.
+    #[error("no answer from the broker within {0:?}")]
+    Timeout(Duration),
     /// The broker answered something this SDK does not understand.
     #[error("unexpected answer from the broker: {0}")]
     Protocol(String),
@@ -107,7 +110,7 @@ impl Error {
             // Bodies are decoded by this SDK (into `Protocol`): a reqwest decode error is a body
             // cut short, as when the broker goes away mid-stream.
             Error::Http(e) => !e.is_builder(),
-            Error::WebSocket(_) => true,
+            Error::WebSocket(_) | Error::Timeout(_) => true,
             Error::Protocol(_) | Error::Config(_) => false,
         }
     }

@@ -292,9 +292,14 @@ async fn run(
     let mut retry_base = DEFAULT_RETRY;
     let mut attempt = 0u32;
     loop {
+        // A broker that accepts the connection but never answers counts as a failed attempt.
+        let attempt_connect = tokio::time::timeout(
+            options.idle_timeout,
+            connect(&client, transport, &filter, &resume),
+        );
         let connected = tokio::select! {
             _ = items.closed() => return,
-            connected = connect(&client, transport, &filter, &resume) => connected,
+            connected = attempt_connect => connected.unwrap_or_else(|_| Err(Error::Timeout(options.idle_timeout))),
         };
         let mut not_before = None;
         let failure = match connected {
