@@ -28,6 +28,8 @@ const READER_NAME: &str = "demo reader (serve --demo)";
 const SERVICE_NAME: &str = "demo service (serve --demo)";
 /// How often the emitter wakes up; each wake-up sends what the rate has accumulated.
 const TICK: Duration = Duration::from_millis(100);
+/// The shortest time between two warnings about failed emits.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// The keys of this demo start.
 #[derive(Debug, Clone)]
@@ -107,6 +109,7 @@ pub async fn run(base_url: String, service_key: String, rate: f64, shutdown: Can
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut due = 0.0_f64;
+    let mut last_warning = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -130,8 +133,24 @@ pub async fn run(base_url: String, service_key: String, rate: f64, shutdown: Can
             _ = shutdown.cancelled() => return,
             result = sent => result,
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "demo mode: an emit failed");
+        let Err(error) = result else { continue };
+        // One warning per 10 s at most: a broker under pressure need not also drown in logs.
+        if last_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= QUIET) {
+            tracing::warn!(%error, "demo mode: an emit failed; going on");
+            last_warning = Some(std::time::Instant::now());
+        }
+        // A rate limit (CPOD_RATE_LIMIT) says how long to hold back; what was due meanwhile is
+        // dropped rather than sent in a burst.
+        if let cpod_sdk::Error::Api(cpod_sdk::ApiError {
+            retry_after: Some(wait),
+            ..
+        }) = error
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            due = 0.0;
         }
     }
 }

@@ -527,3 +527,28 @@ fn the_readme_shows_the_compiled_subscriber_example_word_for_word() {
         "README.md must show sdk/examples/subscriber.rs from its first `use` on"
     );
 }
+
+#[test]
+fn the_sdk_depends_on_neither_actix_nor_sqlite() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "cpod-sdk",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "{output:?}");
+    let tree = String::from_utf8(output.stdout).unwrap();
+    assert!(tree.contains("reqwest"), "{tree}");
+    for banned in ["actix", "rusqlite", "libsqlite3", "cpod-events"] {
+        assert!(!tree.contains(banned), "cpod-sdk pulls in {banned}");
+    }
+}
