@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker (the default).
     Serve(ServeConfig),
+    /// The command-line client: tail, emit, history, keys, webhooks.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 impl Cli {
@@ -35,7 +38,15 @@ impl Cli {
     pub fn into_serve(self) -> ServeConfig {
         match self.command {
             Some(Command::Serve(config)) => config,
-            None => self.serve,
+            _ => self.serve,
+        }
+    }
+
+    /// What to do: run the broker (also when no subcommand is given) or a client command.
+    pub fn into_command(self) -> Command {
+        match self.command {
+            Some(command) => command,
+            None => Command::Serve(self.serve),
         }
     }
 }
@@ -111,6 +122,22 @@ pub struct ServeConfig {
     /// Log format: `text` or `json`.
     #[arg(long, env = "CPOD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+
+    /// Demo mode: make a demo organization with keys (printed at start-up) and emit a steady
+    /// stream of realistic platform activity into it.
+    #[arg(long, env = "CPOD_DEMO")]
+    pub demo: bool,
+
+    /// Events per second emitted in demo mode (0.1 to 1000).
+    #[arg(long, env = "CPOD_DEMO_RATE", default_value_t = 5.0, value_parser = parse_demo_rate)]
+    pub demo_rate: f64,
+}
+
+fn parse_demo_rate(raw: &str) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(rate) if (0.1..=1000.0).contains(&rate) => Ok(rate),
+        _ => Err("events per second, from 0.1 to 1000".into()),
+    }
 }
 
 /// Exits on a command-line error; for a bad value, names the environment variable beside the
@@ -215,6 +242,8 @@ mod tests {
         assert_eq!(config.webhook_retry_schedule.0.len(), 10);
         assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
         assert!(!config.webhook_allow_private);
+        assert!(!config.demo);
+        assert_eq!(config.demo_rate, 5.0);
         assert_eq!(
             config.database_url,
             DatabaseUrl::Sqlite("./data/cpod-events.db".into())
@@ -226,6 +255,22 @@ mod tests {
         let config = parse(&["serve", "--retention", "30s", "--listen", "127.0.0.1:0"]).unwrap();
         assert_eq!(config.retention, Duration::from_secs(30));
         assert_eq!(config.listen.port(), 0);
+    }
+
+    #[test]
+    fn demo_mode_is_a_serve_setting() {
+        let config = parse(&["serve", "--demo", "--demo-rate", "20"]).unwrap();
+        assert!(config.demo);
+        assert_eq!(config.demo_rate, 20.0);
+        assert!(parse(&["--demo"]).unwrap().demo);
+    }
+
+    #[test]
+    fn client_commands_are_not_serve() {
+        let cli = Cli::try_parse_from(["cpod-events", "tail", "--types", "pod.*"]).unwrap();
+        assert!(matches!(cli.into_command(), Command::Client(_)));
+        let cli = Cli::try_parse_from(["cpod-events"]).unwrap();
+        assert!(matches!(cli.into_command(), Command::Serve(_)));
     }
 
     #[test]
@@ -245,6 +290,8 @@ mod tests {
                 &["--webhook-allow-private", "maybe"][..],
                 "--webhook-allow-private",
             ),
+            (&["--demo-rate", "0"][..], "--demo-rate"),
+            (&["serve", "--demo-rate", "fast"][..], "--demo-rate"),
         ] {
             let message = parse(args).unwrap_err().to_string();
             assert!(message.contains(name), "{args:?}: {message}");

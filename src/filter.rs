@@ -3,7 +3,9 @@
 //! The glob language (contract §1): `*` matches any run of characters, dots included; every
 //! other character matches itself. Patterns may only use the characters an event type can hold
 //! plus `*`, so the same pattern means the same thing here and in SQLite's `GLOB` (which the
-//! store uses for history), where `?` and `[` would otherwise be special.
+//! store uses for history), where `?` and `[` would otherwise be special. The matching itself is
+//! the SDK's [`cpod_sdk::filter::glob_matches`], so that a client's local dispatch and the
+//! broker can never disagree on what a pattern means.
 
 use crate::event::{
     FieldError, MAX_TYPE_LEN, OrganizationId, ResourceId, ResourceType, WorkspaceId,
@@ -42,30 +44,8 @@ impl TypePattern {
 
     /// Whether `event_type` matches this glob.
     pub fn matches(&self, event_type: &str) -> bool {
-        glob_matches(self.0.as_bytes(), event_type.as_bytes())
+        cpod_sdk::filter::glob_matches(&self.0, event_type)
     }
-}
-
-/// Iterative glob match with `*` only: linear in practice, no recursion, no allocation.
-fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && pattern[p] == b'*' {
-            star = Some((p, t));
-            p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
-            p += 1;
-            t += 1;
-        } else if let Some((sp, st)) = star {
-            p = sp + 1;
-            t = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// The organizations a reader sees.

@@ -26,9 +26,14 @@
 //! - [`retention`]  — pruning of expired events
 //! - [`telemetry`]  — logs, the Prometheus recorder, request metrics
 //! - [`openapi`]    — the generated OpenAPI document
+//! - [`cli`]        — the command-line client (`tail`, `emit`, `history`, `keys`, `webhooks`),
+//!   built on the SDK crate `cpod-sdk` (`sdk/`)
+//! - [`demo`]       — `serve --demo`: a demo organization and a steady stream of platform activity
 
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod filter;

@@ -1,4 +1,5 @@
-//! `cpod-events`: parse the configuration, start the broker, run until SIGTERM/SIGINT.
+//! `cpod-events`: parse the command line; run the broker until SIGTERM/SIGINT (`serve`, the
+//! default), or one client command (`tail`, `emit`, `history`, `keys`, `webhooks`).
 
 /// mimalloc: glibc's allocator contends on its arena locks when the writer thread allocates
 /// what HTTP workers free (measured in BENCHMARKS.md).
@@ -8,14 +9,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use clap::Parser;
-use cpod_events::config::Cli;
+use cpod_events::config::{Cli, Command};
 use cpod_events::startup::{Application, cancel_on_signal};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = match Cli::try_parse() {
-        Ok(cli) => cli.into_serve(),
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.into_command(),
         Err(error) => cpod_events::config::exit_explaining(error),
+    };
+    let config = match command {
+        Command::Serve(config) => config,
+        Command::Client(command) => return cpod_events::cli::run(command).await,
     };
     cpod_events::telemetry::init_logs(config.log_format == "json");
     match run(config).await {
@@ -29,6 +34,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
     cpod_events::startup::raise_open_file_limit();
+    let demo = config.demo.then_some(config.demo_rate);
     let app = Application::build(config).await?;
     let url = format!("http://{}", app.address());
     println!("cPod Events {}", env!("CARGO_PKG_VERSION"));
@@ -38,7 +44,27 @@ async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
         }
         None => println!("  admin key: the one from CPOD_ADMIN_KEY or printed on the first start"),
     }
+    println!("  dashboard: {url}/");
     println!("  API reference: {url}/openapi.json");
+    if let Some(rate) = demo {
+        let keys = cpod_events::demo::prepare(app.store()).await?;
+        println!(
+            "  demo: organization `{}`, {rate} events/s",
+            cpod_events::demo::ORGANIZATION
+        );
+        println!("  demo reader key (dashboard, tail): {}", keys.reader);
+        println!("  demo service key (emit): {}", keys.service);
+        println!(
+            "  try: CPOD_BASE_URL={url} CPOD_API_KEY={} cpod-events tail",
+            keys.reader
+        );
+        tokio::spawn(cpod_events::demo::run(
+            url.clone(),
+            keys.service,
+            rate,
+            app.shutdown_token(),
+        ));
+    }
     // Printed last: scripts and tests wait for this line.
     println!("cPod Events listening on {url}");
     tokio::spawn(cancel_on_signal(Arc::new(app.shutdown_token())));

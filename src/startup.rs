@@ -172,6 +172,11 @@ impl Application {
         self.generated_admin_key.as_deref()
     }
 
+    /// The store (demo mode makes its keys through it before serving).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Cancelling this token stops the broker gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -260,7 +260,11 @@ pub async fn revoke_key(
 }
 
 /// `credential.created` / `credential.revoked`: the key's name and role, never its secret.
-fn credential_event(event_type: EventType, record: &KeyRecord, org: &OrganizationId) -> NewEvent {
+pub(crate) fn credential_event(
+    event_type: EventType,
+    record: &KeyRecord,
+    org: &OrganizationId,
+) -> NewEvent {
     let mut payload = Map::new();
     payload.insert("name".into(), Value::String(record.name.clone()));
     payload.insert("role".into(), Value::String(record.role.as_str().into()));

@@ -1,5 +1,7 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
+mod cli;
+mod demo;
 mod durability;
 mod helpers;
 mod history;
@@ -7,6 +9,7 @@ mod ingest;
 mod keys;
 mod ops;
 mod receiver;
+mod sdk;
 mod streams;
 mod webhooks;
 mod ws;

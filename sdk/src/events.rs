@@ -1,0 +1,420 @@
+//! `client.events()`: history (one page, or a stream over every page), emitting, in-process
+//! subscriptions with [`Events::dispatch`], and the entry points of live streams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use futures_util::{Stream, TryStreamExt};
+use reqwest::Method;
+use serde::Deserialize;
+
+use crate::client::{CpodClient, check};
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::model::{Emitted, EmittedBatch, Event, HistoryQuery, NewEvent, Page};
+use crate::stream::{EventStream, StreamOptions, Transport};
+
+/// Events of one broker. Get it with [`CpodClient::events`].
+///
+/// ```
+/// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+/// let events: cpod_sdk::Events = client.events();
+/// # Ok::<(), cpod_sdk::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Events {
+    pub(crate) client: CpodClient,
+}
+
+type Handler = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// The in-process subscriptions of a client (shared by its clones).
+#[derive(Default)]
+pub(crate) struct LocalSubscriptions {
+    next_id: AtomicU64,
+    entries: Arc<Mutex<Vec<(u64, Filter, Handler)>>>,
+}
+
+/// An in-process subscription made by [`Events::subscribe`]. It stays active until
+/// [`Subscription::unsubscribe`] is called, also when this handle is dropped (as in cPod's
+/// other SDKs).
+///
+/// ```
+/// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+/// let subscription = client.events().subscribe(cpod_sdk::Filter::new(), |_| {});
+/// assert!(subscription.is_active());
+/// subscription.unsubscribe();
+/// # Ok::<(), cpod_sdk::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    entries: Weak<Mutex<Vec<(u64, Filter, Handler)>>>,
+}
+
+impl Subscription {
+    /// Stops delivery to this subscription's handler.
+    ///
+    /// ```
+    /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+    /// let subscription = client.events().subscribe(cpod_sdk::Filter::new(), |_| {});
+    /// subscription.unsubscribe();
+    /// # Ok::<(), cpod_sdk::Error>(())
+    /// ```
+    pub fn unsubscribe(self) {
+        if let Some(entries) = self.entries.upgrade() {
+            entries
+                .lock()
+                .expect("no handler runs under this lock")
+                .retain(|(id, _, _)| *id != self.id);
+        }
+    }
+
+    /// Whether the subscription still receives events.
+    ///
+    /// ```
+    /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+    /// let subscription = client.events().subscribe(cpod_sdk::Filter::new(), |_| {});
+    /// assert!(subscription.is_active());
+    /// # Ok::<(), cpod_sdk::Error>(())
+    /// ```
+    pub fn is_active(&self) -> bool {
+        self.entries.upgrade().is_some_and(|entries| {
+            entries
+                .lock()
+                .expect("no handler runs under this lock")
+                .iter()
+                .any(|(id, _, _)| *id == self.id)
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    data: Vec<Event>,
+}
+
+impl Events {
+    /// One page of history.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let query = cpod_sdk::HistoryQuery::new().resource_type("pod").since("2026-05-01T00:00:00Z").limit(50);
+    /// let page = client.events().get_history(&query).await?;
+    /// for event in &page.data {
+    ///     println!("{} {} {}", event.timestamp, event.event_type, event.resource_id);
+    /// }
+    /// if let Some(cursor) = page.next_cursor {
+    ///     let next = client.events().get_history(&query.clone().cursor(cursor)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_history(&self, query: &HistoryQuery) -> Result<Page<Event>> {
+        let request = self
+            .client
+            .request(Method::GET, "/v1/events")
+            .query(&query.to_pairs());
+        self.client.send(request).await
+    }
+
+    /// Every event of a history query, page after page, following cursors (the query's own
+    /// `limit` is the page size; 1000 when unset). Pages never repeat or skip an event, even
+    /// while new ones arrive.
+    ///
+    /// ```no_run
+    /// use futures_util::TryStreamExt;
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let failures: Vec<cpod_sdk::Event> = client
+    ///     .events()
+    ///     .history(cpod_sdk::HistoryQuery::new().types(["*.failed"]))
+    ///     .try_collect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn history(
+        &self,
+        query: HistoryQuery,
+    ) -> impl Stream<Item = Result<Event>> + Send + 'static {
+        let mut query = query;
+        query.limit.get_or_insert(1000);
+        let events = self.clone();
+        let pages = futures_util::stream::try_unfold(Some(query), move |next| {
+            let events = events.clone();
+            async move {
+                let Some(query) = next else {
+                    return Ok(None);
+                };
+                let page = events.get_history(&query).await?;
+                let next = page
+                    .next_cursor
+                    .clone()
+                    .filter(|_| page.has_more)
+                    .map(|cursor| query.cursor(cursor));
+                Ok::<_, Error>(Some((page.data, next)))
+            }
+        });
+        pages
+            .map_ok(|data| futures_util::stream::iter(data.into_iter().map(Ok)))
+            .try_flatten()
+    }
+
+    /// One event by id.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let event = client.events().get("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, id: &str) -> Result<Event> {
+        let mut url = self.client.url("/v1/events");
+        url.path_segments_mut()
+            .map_err(|()| Error::Config("the base URL cannot hold a path".into()))?
+            .push(id);
+        let request = self
+            .client
+            .inner
+            .http
+            .get(url)
+            .bearer_auth(&self.client.inner.api_key)
+            .timeout(self.client.inner.timeout);
+        self.client.send(request).await
+    }
+
+    /// Stores one event; answers it as stored, once it is durable.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let event = client
+    ///     .events()
+    ///     .emit(&cpod_sdk::NewEvent::new("custom.report.generated", "report", "r-9")
+    ///         .payload(serde_json::json!({"rows": 1240})))
+    ///     .await?;
+    /// println!("stored {}", event.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit(&self, event: &NewEvent) -> Result<Event> {
+        Ok(self.emit_request(event, None).await?.event)
+    }
+
+    /// Stores one event at most once per `idempotency_key` (24 hours, per organization): a
+    /// repeat with the same body answers the first result with `replayed: true`; the same key
+    /// with another body is a `conflict` error.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let new = cpod_sdk::NewEvent::new("pod.failed", "pod", "pod-7f9c");
+    /// let first = client.events().emit_idempotent(&new, "pod-7f9c-oom-1").await?;
+    /// let again = client.events().emit_idempotent(&new, "pod-7f9c-oom-1").await?;
+    /// assert!(again.replayed && again.event.id == first.event.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_idempotent(
+        &self,
+        event: &NewEvent,
+        idempotency_key: &str,
+    ) -> Result<Emitted> {
+        self.emit_request(event, Some(idempotency_key)).await
+    }
+
+    async fn emit_request(&self, event: &NewEvent, key: Option<&str>) -> Result<Emitted> {
+        let mut request = self.client.request(Method::POST, "/v1/events").json(event);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let (event, replayed) = self.send_replayable(request).await?;
+        Ok(Emitted { event, replayed })
+    }
+
+    /// Stores 1 to 1000 events atomically: all or none (an error names `events[i]`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let stored = client.events().emit_batch(&[
+    ///     cpod_sdk::NewEvent::new("job.completed", "job", "job-1"),
+    ///     cpod_sdk::NewEvent::new("custom.report.generated", "report", "r-9"),
+    /// ]).await?;
+    /// assert_eq!(stored.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_batch(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
+        Ok(self.batch_request(events, None).await?.events)
+    }
+
+    /// [`Events::emit_batch`] at most once per `idempotency_key`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let batch = [cpod_sdk::NewEvent::new("job.completed", "job", "job-1")];
+    /// let answer = client.events().emit_batch_idempotent(&batch, "nightly-2026-05-01").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_batch_idempotent(
+        &self,
+        events: &[NewEvent],
+        idempotency_key: &str,
+    ) -> Result<EmittedBatch> {
+        self.batch_request(events, Some(idempotency_key)).await
+    }
+
+    async fn batch_request(&self, events: &[NewEvent], key: Option<&str>) -> Result<EmittedBatch> {
+        let mut request = self
+            .client
+            .request(Method::POST, "/v1/events/batch")
+            .json(&serde_json::json!({ "events": events }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let (answer, replayed) = self.send_replayable::<BatchAnswer>(request).await?;
+        Ok(EmittedBatch {
+            events: answer.data,
+            replayed,
+        })
+    }
+
+    async fn send_replayable<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(T, bool)> {
+        let response = check(request.send().await?).await?;
+        let replayed = response
+            .headers()
+            .get("Idempotent-Replayed")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let bytes = response.bytes().await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok((value, replayed))
+    }
+
+    /// Calls `handler` for every event later given to [`Events::dispatch`] (on this client or
+    /// a clone) that `filter` matches — by the broker's glob rules. Nothing is fetched: feed
+    /// it from a stream, a webhook or anywhere else.
+    ///
+    /// ```
+    /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+    /// let subscription = client.events().subscribe(
+    ///     cpod_sdk::Filter::new().types(["pod.failed", "pod.stopped"]),
+    ///     |event| println!("pod event: {} {} {:?}", event.event_type, event.resource_id, event.payload),
+    /// );
+    /// # let incoming: cpod_sdk::Event = serde_json::from_str(r#"{"id": "x", "type": "pod.failed",
+    /// #   "resourceId": "p1", "resourceType": "pod", "organizationId": "org-1",
+    /// #   "workspaceId": null, "payload": {}, "timestamp": "2026-05-01T12:00:00.000Z"}"#).unwrap();
+    /// assert_eq!(client.events().dispatch(&incoming), 1);
+    /// subscription.unsubscribe();
+    /// assert_eq!(client.events().dispatch(&incoming), 0);
+    /// # Ok::<(), cpod_sdk::Error>(())
+    /// ```
+    pub fn subscribe<F>(&self, filter: Filter, handler: F) -> Subscription
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
+        let local = &self.client.inner.subscriptions;
+        let id = local.next_id.fetch_add(1, Ordering::Relaxed);
+        local
+            .entries
+            .lock()
+            .expect("no handler runs under this lock")
+            .push((id, filter, Arc::new(handler)));
+        Subscription {
+            id,
+            entries: Arc::downgrade(&local.entries),
+        }
+    }
+
+    /// Delivers `event` to every local subscription whose filter matches it, in the order they
+    /// were made; answers how many handlers ran. Handlers run outside any lock, so they may
+    /// subscribe and unsubscribe.
+    ///
+    /// ```
+    /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
+    /// # let event: cpod_sdk::Event = serde_json::from_str(r#"{"id": "x", "type": "job.failed",
+    /// #   "resourceId": "j1", "resourceType": "job", "organizationId": "org-1",
+    /// #   "workspaceId": null, "payload": {}, "timestamp": "2026-05-01T12:00:00.000Z"}"#).unwrap();
+    /// let delivered = client.events().dispatch(&event);
+    /// assert_eq!(delivered, 0); // no subscription yet
+    /// # Ok::<(), cpod_sdk::Error>(())
+    /// ```
+    pub fn dispatch(&self, event: &Event) -> usize {
+        let matching: Vec<Handler> = self
+            .client
+            .inner
+            .subscriptions
+            .entries
+            .lock()
+            .expect("no handler runs under this lock")
+            .iter()
+            .filter(|(_, filter, _)| filter.matches(event))
+            .map(|(_, _, handler)| handler.clone())
+            .collect();
+        for handler in &matching {
+            handler(event);
+        }
+        matching.len()
+    }
+
+    /// A live stream over Server-Sent Events of every matching event stored from now on. It
+    /// reconnects by itself (capped exponential backoff with jitter, starting from the
+    /// broker's `retry:`), resumes after the last event it yielded, and never yields an event
+    /// twice. See [`EventStream`].
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let mut stream = client.events().stream(cpod_sdk::Filter::new().types(["pod.*"]));
+    /// while let Some(item) = stream.next().await {
+    ///     match item? {
+    ///         cpod_sdk::StreamItem::Event(event) => println!("{}", event.event_type),
+    ///         cpod_sdk::StreamItem::Reset { .. } => println!("resume point lost: re-read history"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(&self, filter: Filter) -> EventStream {
+        self.stream_with(filter, StreamOptions::default())
+    }
+
+    /// [`Events::stream`] starting after an event id or from a time.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) {
+    /// let stream = client.events().stream_with(
+    ///     cpod_sdk::Filter::new(),
+    ///     cpod_sdk::StreamOptions::new().last_event_id("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60"),
+    /// );
+    /// # }
+    /// ```
+    pub fn stream_with(&self, filter: Filter, options: StreamOptions) -> EventStream {
+        EventStream::spawn(self.client.clone(), Transport::Sse, filter, options)
+    }
+
+    /// The same stream over the WebSocket endpoint (one subscription per socket).
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let mut stream = client.events().stream_ws(cpod_sdk::Filter::new().types(["job.*"]));
+    /// while let Some(item) = stream.next().await {
+    ///     if let cpod_sdk::StreamItem::Event(event) = item? {
+    ///         println!("{}", event.event_type);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_ws(&self, filter: Filter) -> EventStream {
+        self.stream_ws_with(filter, StreamOptions::default())
+    }
+
+    /// [`Events::stream_ws`] starting after an event id or from a time.
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) {
+    /// let stream = client.events().stream_ws_with(
+    ///     cpod_sdk::Filter::new(),
+    ///     cpod_sdk::StreamOptions::new().since("2026-05-01T00:00:00Z"),
+    /// );
+    /// # }
+    /// ```
+    pub fn stream_ws_with(&self, filter: Filter, options: StreamOptions) -> EventStream {
+        EventStream::spawn(self.client.clone(), Transport::WebSocket, filter, options)
+    }
+}

@@ -1,0 +1,515 @@
+//! Live streams that survive the network: one background task per [`EventStream`] connects
+//! (SSE or WebSocket), resumes after the last event it yielded, backs off between attempts, and
+//! drops any event it has already yielded.
+//!
+//! Reconnection policy: the first delay is the broker's `retry:` (jittered by the broker), each
+//! failure after that doubles it up to [`StreamOptions::max_backoff`], and every delay is drawn
+//! uniformly from its upper half (jitter), so that many clients of a restarted broker do not come
+//! back in the same instant. A `Retry-After` is honoured. Errors that will not go away by
+//! retrying (a revoked key, a filter the broker refuses) end the stream with that error.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::client::CpodClient;
+use crate::error::{Error, Result};
+use crate::filter::Filter;
+use crate::model::Event;
+
+/// The first reconnect delay until the broker sends its `retry:`.
+const DEFAULT_RETRY: Duration = Duration::from_secs(2);
+/// How many recent event ids are remembered to drop duplicates.
+const DEDUPE_WINDOW: usize = 4096;
+
+/// What a live stream yields.
+///
+/// ```
+/// # fn handle(item: cpod_sdk::StreamItem) {
+/// match item {
+///     cpod_sdk::StreamItem::Event(event) => println!("{}", event.event_type),
+///     cpod_sdk::StreamItem::Reset { reason, .. } => println!("re-read history: {reason}"),
+///     cpod_sdk::StreamItem::Reconnecting { delay, error, .. } => eprintln!("retrying in {delay:?}: {error}"),
+///     _ => {}
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StreamItem {
+    /// A matching event, in store order, never one already yielded.
+    Event(Event),
+    /// The resume point is gone (unknown, another organization's or expired): the stream went
+    /// on live from here, and events in between must be read from history.
+    Reset {
+        /// The broker's reason, e.g. `unknown_last_event_id`.
+        reason: String,
+        /// The id the stream tried to resume after.
+        last_event_id: Option<String>,
+    },
+    /// The connection failed or ended; the stream tries again after `delay`.
+    Reconnecting {
+        /// 1 for the first attempt after a failure, then 2, 3, …
+        attempt: u32,
+        /// How long the stream waits before trying.
+        delay: Duration,
+        /// Why the last connection ended.
+        error: String,
+    },
+}
+
+/// Where a stream starts.
+///
+/// ```
+/// let options = cpod_sdk::StreamOptions::new()
+///     .last_event_id("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60")
+///     .max_backoff(std::time::Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    last_event_id: Option<String>,
+    since: Option<String>,
+    max_backoff: Duration,
+    idle_timeout: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            last_event_id: None,
+            since: None,
+            max_backoff: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+impl StreamOptions {
+    /// Live from now, reconnecting with at most 30 s between attempts.
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new();
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replay every matching event stored after this one first (it wins over `since`).
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new().last_event_id("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60");
+    /// ```
+    pub fn last_event_id(mut self, id: impl Into<String>) -> Self {
+        self.last_event_id = Some(id.into());
+        self
+    }
+
+    /// Replay every matching event stored at or after this ISO 8601 time first.
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new().since("2026-05-01T00:00:00Z");
+    /// ```
+    pub fn since(mut self, since: impl Into<String>) -> Self {
+        self.since = Some(since.into());
+        self
+    }
+
+    /// The longest wait between reconnection attempts (default 30 s).
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new().max_backoff(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A connection that carries nothing (no event, no keep-alive, no ping) for this long is
+    /// taken as dead and replaced (default 45 s: three of the broker's default heartbeats).
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new().idle_timeout(std::time::Duration::from_secs(90));
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// The two wire protocols of a live stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Sse,
+    WebSocket,
+}
+
+/// What one connection reports.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Event(Box<Event>),
+    Reset {
+        reason: String,
+    },
+    /// The broker's `retry:` hint.
+    Retry(Duration),
+    /// Anything else that shows the connection is alive (keep-alive, ping, acknowledgements).
+    Alive,
+}
+
+/// One open connection's reports.
+pub(crate) type Connection = Pin<Box<dyn Stream<Item = Result<Incoming>> + Send>>;
+
+/// Where a (re)connection resumes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Resume {
+    pub last_event_id: Option<String>,
+    pub since: Option<String>,
+}
+
+/// A live stream of [`StreamItem`]s; see [`Events::stream`](crate::Events::stream). It ends only
+/// with an error no retry can cure (yielded last), and stops its connection when dropped.
+///
+/// It connects on its first poll (inside a Tokio runtime) and is live from the moment the
+/// broker accepts it: to include events stored before that, start it with
+/// [`StreamOptions::last_event_id`] or [`StreamOptions::since`].
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+/// let mut stream: cpod_sdk::EventStream = client.events().stream(cpod_sdk::Filter::new());
+/// if let Some(item) = stream.next().await {
+///     println!("{:?}", item?);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct EventStream {
+    /// What the task needs, until the first poll starts it.
+    setup: Option<Box<(CpodClient, Transport, Filter, StreamOptions)>>,
+    items: Option<mpsc::Receiver<Result<StreamItem>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("started", &self.task.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStream {
+    pub(crate) fn spawn(
+        client: CpodClient,
+        transport: Transport,
+        filter: Filter,
+        options: StreamOptions,
+    ) -> Self {
+        Self {
+            setup: Some(Box::new((client, transport, filter, options))),
+            items: None,
+            task: None,
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<StreamItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(setup) = self.setup.take() {
+            let (client, transport, filter, options) = *setup;
+            let (items_tx, items) = mpsc::channel(64);
+            self.items = Some(items);
+            self.task = Some(tokio::spawn(run(
+                client, transport, filter, options, items_tx,
+            )));
+        }
+        match &mut self.items {
+            Some(items) => items.poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Remembers the last [`DEDUPE_WINDOW`] event ids.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// Records `id`; false when it was seen already.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() == DEDUPE_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        true
+    }
+}
+
+/// The delay before reconnection attempt `attempt` (1, 2, …): `base · 2^(attempt-1)`, capped,
+/// drawn uniformly from its upper half.
+pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    let exponential = base
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+        .min(max);
+    let half = exponential / 2;
+    half + exponential.mul_f64(rand::random::<f64>() * 0.5)
+}
+
+async fn run(
+    client: CpodClient,
+    transport: Transport,
+    filter: Filter,
+    options: StreamOptions,
+    items: mpsc::Sender<Result<StreamItem>>,
+) {
+    let mut resume = Resume {
+        last_event_id: options.last_event_id.clone(),
+        since: options.since.clone(),
+    };
+    let mut seen = Seen::default();
+    let mut retry_base = DEFAULT_RETRY;
+    let mut attempt = 0u32;
+    loop {
+        // A broker that accepts the connection but never answers counts as a failed attempt.
+        let attempt_connect = tokio::time::timeout(
+            options.idle_timeout,
+            connect(&client, transport, &filter, &resume),
+        );
+        let connected = tokio::select! {
+            _ = items.closed() => return,
+            connected = attempt_connect => connected.unwrap_or_else(|_| Err(Error::Timeout(options.idle_timeout))),
+        };
+        let mut not_before = None;
+        let failure = match connected {
+            Err(error) if !error.is_transient() => {
+                let _ = items.send(Err(error)).await;
+                return;
+            }
+            Err(error) => {
+                if let Error::Api(api) = &error {
+                    not_before = api.retry_after;
+                }
+                error.to_string()
+            }
+            Ok(mut connection) => {
+                attempt = 0;
+                loop {
+                    let next = tokio::select! {
+                        _ = items.closed() => return,
+                        next = tokio::time::timeout(options.idle_timeout, connection.next()) => next,
+                    };
+                    let item = match next {
+                        Err(_) => break format!("nothing received for {:?}", options.idle_timeout),
+                        Ok(None) => break "the broker closed the stream".to_owned(),
+                        Ok(Some(Err(error))) if !error.is_transient() => {
+                            let _ = items.send(Err(error)).await;
+                            return;
+                        }
+                        Ok(Some(Err(error))) => break error.to_string(),
+                        Ok(Some(Ok(item))) => item,
+                    };
+                    let yielded = match item {
+                        Incoming::Event(event) => {
+                            if !seen.insert(&event.id) {
+                                continue;
+                            }
+                            resume.last_event_id = Some(event.id.clone());
+                            StreamItem::Event(*event)
+                        }
+                        Incoming::Reset { reason } => {
+                            // Live from here: resuming from the lost point (or the original
+                            // `since`) again would only repeat the reset or the replay.
+                            let last_event_id = resume.last_event_id.take();
+                            resume.since = None;
+                            StreamItem::Reset {
+                                reason,
+                                last_event_id,
+                            }
+                        }
+                        Incoming::Retry(delay) => {
+                            retry_base = delay.max(Duration::from_millis(100));
+                            continue;
+                        }
+                        Incoming::Alive => continue,
+                    };
+                    if items.send(Ok(yielded)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        attempt = attempt.saturating_add(1);
+        let mut delay = backoff(retry_base, attempt, options.max_backoff);
+        if let Some(at_least) = not_before {
+            delay = delay.max(at_least);
+        }
+        let notice = StreamItem::Reconnecting {
+            attempt,
+            delay,
+            error: failure,
+        };
+        if items.send(Ok(notice)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = items.closed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn connect(
+    client: &CpodClient,
+    transport: Transport,
+    filter: &Filter,
+    resume: &Resume,
+) -> Result<Connection> {
+    match transport {
+        Transport::Sse => connect_sse(client, filter, resume).await,
+        Transport::WebSocket => crate::ws::connect(client, filter, resume).await,
+    }
+}
+
+async fn connect_sse(client: &CpodClient, filter: &Filter, resume: &Resume) -> Result<Connection> {
+    let mut pairs = filter.to_pairs();
+    let mut request = client
+        .stream_request("/v1/events/stream")
+        .header(reqwest::header::ACCEPT, "text/event-stream");
+    match (&resume.last_event_id, &resume.since) {
+        (Some(id), _) => request = request.header("Last-Event-ID", id),
+        (None, Some(since)) => pairs.push(("since", since.clone())),
+        (None, None) => {}
+    }
+    let response = crate::client::check(request.query(&pairs).send().await?).await?;
+    let is_sse = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return Err(Error::Protocol(
+            "the stream endpoint did not answer text/event-stream".into(),
+        ));
+    }
+    let mut decoder = crate::sse::Decoder::default();
+    let incoming = response.bytes_stream().flat_map(move |chunk| {
+        let items: Vec<Result<Incoming>> = match chunk {
+            Err(e) => vec![Err(Error::Http(e))],
+            Ok(bytes) => {
+                let mut items: Vec<Result<Incoming>> = decoder
+                    .feed(&bytes)
+                    .into_iter()
+                    .map(message_to_incoming)
+                    .collect();
+                // A chunk with no complete message (a keep-alive comment) still shows life.
+                items.push(Ok(Incoming::Alive));
+                items
+            }
+        };
+        futures_util::stream::iter(items)
+    });
+    Ok(Box::pin(incoming))
+}
+
+fn message_to_incoming(message: crate::sse::Message) -> Result<Incoming> {
+    if let Some(ms) = message.retry
+        && message.data.is_none()
+    {
+        return Ok(Incoming::Retry(Duration::from_millis(ms)));
+    }
+    let Some(data) = message.data else {
+        return Ok(Incoming::Alive);
+    };
+    match message.event.as_deref() {
+        None | Some("message") => serde_json::from_str::<Event>(&data)
+            .map(|e| Incoming::Event(Box::new(e)))
+            .map_err(|e| Error::Protocol(format!("an event that is not an event ({e}): {data}"))),
+        Some("reset") => {
+            let reason = serde_json::from_str::<serde_json::Value>(&data)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "reset".to_owned());
+            Ok(Incoming::Reset { reason })
+        }
+        // A type this SDK does not know yet: ignore it rather than end the stream.
+        Some(_) => Ok(Incoming::Alive),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_stays_in_the_upper_half() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(30);
+        for _ in 0..200 {
+            let first = backoff(base, 1, max);
+            assert!(
+                first >= Duration::from_secs(1) && first <= base,
+                "{first:?}"
+            );
+            let third = backoff(base, 3, max);
+            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8));
+            let late = backoff(base, 40, max);
+            assert!(late >= Duration::from_secs(15) && late <= max, "{late:?}");
+        }
+        let draws: HashSet<Duration> = (0..20).map(|_| backoff(base, 2, max)).collect();
+        assert!(draws.len() > 1, "the delay is jittered");
+    }
+
+    #[test]
+    fn seen_ids_are_refused_within_the_window() {
+        let mut seen = Seen::default();
+        assert!(seen.insert("a"));
+        assert!(!seen.insert("a"));
+        for i in 0..DEDUPE_WINDOW {
+            assert!(seen.insert(&i.to_string()));
+        }
+        assert!(seen.insert("a"), "the oldest id leaves the window");
+    }
+
+    #[test]
+    fn sse_messages_become_events_resets_and_retry_hints() {
+        let decode = |wire: &[u8]| {
+            crate::sse::Decoder::default()
+                .feed(wire)
+                .into_iter()
+                .map(message_to_incoming)
+                .collect::<Vec<_>>()
+        };
+        let items = decode(
+            b"retry: 3100\n\nevent: reset\ndata: {\"reason\":\"unknown_last_event_id\",\"lastEventId\":\"x\"}\n\nid: 1\ndata: {\"id\":\"1\",\"type\":\"pod.failed\",\"resourceId\":\"p\",\"resourceType\":\"pod\",\"organizationId\":\"o\",\"workspaceId\":null,\"payload\":{},\"timestamp\":\"t\"}\n\n",
+        );
+        assert!(matches!(items[0], Ok(Incoming::Retry(d)) if d == Duration::from_millis(3100)));
+        assert!(
+            matches!(&items[1], Ok(Incoming::Reset { reason }) if reason == "unknown_last_event_id")
+        );
+        assert!(matches!(&items[2], Ok(Incoming::Event(e)) if e.event_type == "pod.failed"));
+        let bad = decode(b"data: [1]\n\n");
+        assert!(matches!(bad[0], Err(Error::Protocol(_))));
+    }
+}

@@ -1,0 +1,142 @@
+//! The WebSocket protocol of `GET /v1/events/ws` (contract §5), for one subscription per socket:
+//! the key travels in the upgrade's `Authorization` header, a `subscribe` frame carries the
+//! filter and the resume point, and `event`, `reset` and `error` frames come back.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::client::CpodClient;
+use crate::error::{ApiError, Error, Result};
+use crate::filter::Filter;
+use crate::model::Event;
+use crate::stream::{Connection, Incoming, Resume};
+
+/// The subscription's id on its socket.
+const SUBSCRIPTION: &str = "s1";
+
+/// Opens a socket, subscribes, and answers the socket's reports.
+pub(crate) async fn connect(
+    client: &CpodClient,
+    filter: &Filter,
+    resume: &Resume,
+) -> Result<Connection> {
+    let mut url = client.url("/v1/events/ws");
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme)
+        .map_err(|()| Error::Config("the base URL cannot become a WebSocket URL".into()))?;
+    let mut request = url.as_str().into_client_request()?;
+    let authorization = format!("Bearer {}", client.inner.api_key)
+        .parse()
+        .map_err(|_| Error::Config("the API key cannot travel in a header".into()))?;
+    request.headers_mut().insert("Authorization", authorization);
+    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(connected) => connected,
+        // A refused upgrade carries the broker's JSON error.
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            return Err(Error::Api(crate::client::decode_error(status, &body, None)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut subscribe =
+        json!({"op": "subscribe", "id": SUBSCRIPTION, "filter": filter.to_ws_json()});
+    match (&resume.last_event_id, &resume.since) {
+        (Some(id), _) => subscribe["lastEventId"] = Value::from(id.as_str()),
+        (None, Some(since)) => subscribe["since"] = Value::from(since.as_str()),
+        (None, None) => {}
+    }
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await?;
+    let incoming = socket.filter_map(|message| async move {
+        match message {
+            Err(e) => Some(Err(Error::from(e))),
+            Ok(Message::Text(text)) => Some(frame_to_incoming(&text)),
+            Ok(Message::Close(_)) => None,
+            // Pings (answered by tungstenite), pongs and binary frames show life.
+            Ok(_) => Some(Ok(Incoming::Alive)),
+        }
+    });
+    Ok(Box::pin(incoming))
+}
+
+/// One text frame from the broker.
+fn frame_to_incoming(text: &str) -> Result<Incoming> {
+    let frame: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Protocol(format!("a frame that is not JSON ({e}): {text}")))?;
+    match frame.get("op").and_then(Value::as_str) {
+        Some("event") => serde_json::from_value::<Event>(frame["event"].clone())
+            .map(|e| Incoming::Event(Box::new(e)))
+            .map_err(|e| Error::Protocol(format!("an event that is not an event ({e}): {text}"))),
+        Some("reset") => Ok(Incoming::Reset {
+            reason: frame["reason"]
+                .as_str()
+                .unwrap_or("unknown_last_event_id")
+                .to_owned(),
+        }),
+        Some("error") => {
+            let code = frame["code"].as_str().unwrap_or("internal").to_owned();
+            Err(Error::Api(ApiError {
+                status: status_of(&code),
+                message: frame["message"].as_str().unwrap_or(&code).to_owned(),
+                param: frame["param"].as_str().map(str::to_owned),
+                code,
+                retry_after: None,
+            }))
+        }
+        // `subscribed`, `pong`, and ops this SDK does not know yet.
+        _ => Ok(Incoming::Alive),
+    }
+}
+
+/// The HTTP status the contract pairs with an error code (§7).
+fn status_of(code: &str) -> u16 {
+    match code {
+        "invalid_request" => 400,
+        "unauthorized" => 401,
+        "forbidden" => 403,
+        "not_found" => 404,
+        "conflict" => 409,
+        "payload_too_large" => 413,
+        "unsupported_media_type" => 415,
+        "rate_limited" => 429,
+        _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_become_events_resets_and_typed_errors() {
+        let event = frame_to_incoming(
+            r#"{"op":"event","subscription":"s1","event":{"id":"1","type":"job.failed","resourceId":"j","resourceType":"job","organizationId":"o","workspaceId":null,"payload":{},"timestamp":"t"}}"#,
+        );
+        assert!(matches!(event, Ok(Incoming::Event(e)) if e.event_type == "job.failed"));
+        let reset = frame_to_incoming(
+            r#"{"op":"reset","subscription":"s1","reason":"unknown_last_event_id"}"#,
+        );
+        assert!(
+            matches!(reset, Ok(Incoming::Reset { reason }) if reason == "unknown_last_event_id")
+        );
+        let error = frame_to_incoming(
+            r#"{"op":"error","id":"s1","code":"forbidden","message":"another organization"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.code(), Some("forbidden"));
+        assert!(!error.is_transient());
+        assert!(matches!(
+            frame_to_incoming(r#"{"op":"subscribed","id":"s1"}"#),
+            Ok(Incoming::Alive)
+        ));
+    }
+}
