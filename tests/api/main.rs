@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
+mod dashboard;
 mod durability;
 mod helpers;
 mod history;
