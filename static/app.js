@@ -118,9 +118,12 @@ function organizationScope() {
   return { organizationId: $('admin-org').value.trim() || '*' };
 }
 
-function timeOf(timestamp) {
+/** The local time of a timestamp; with the date too where rows span days (history). */
+function timeOf(timestamp, withDate = false) {
   const date = new Date(timestamp);
-  return Number.isNaN(date.getTime()) ? timestamp : date.toLocaleTimeString([], { hour12: false });
+  if (Number.isNaN(date.getTime())) return timestamp;
+  const time = date.toLocaleTimeString([], { hour12: false });
+  return withDate ? `${date.toLocaleDateString()} ${time}` : time;
 }
 
 async function copyText(text) {
@@ -157,7 +160,7 @@ function showOnce(container, title, secret) {
 // ---------------------------------------------------------------------------------------------
 // Event rows and the detail dialog
 
-function eventRow(event) {
+function eventRow(event, withDate = false) {
   const item = el('li', 'event');
   item.dataset.id = event.id;
   item.dataset.type = event.type;
@@ -166,7 +169,7 @@ function eventRow(event) {
   const open = el('button', 'event-open');
   open.type = 'button';
   open.setAttribute('aria-label', `${event.type} on ${event.resourceType} ${event.resourceId}: show details`);
-  const time = el('time', 'event-time', timeOf(event.timestamp));
+  const time = el('time', 'event-time', timeOf(event.timestamp, withDate));
   time.dateTime = event.timestamp;
   open.append(
     time,
@@ -425,7 +428,7 @@ async function loadHistoryPage(page) {
   historyView.cursors.length = page + 1;
   if (result.nextCursor) historyView.cursors.push(result.nextCursor);
   const list = $('history-events');
-  list.replaceChildren(...result.data.map(eventRow));
+  list.replaceChildren(...result.data.map((event) => eventRow(event, true)));
   if (result.data.length === 0) list.append(el('li', 'note', 'No events match these filters.'));
   $('history-page').textContent = `Page ${page + 1}${result.hasMore ? '' : ' (last)'} · ${result.data.length} events`;
   $('history-prev').disabled = page === 0;
