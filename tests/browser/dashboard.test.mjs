@@ -609,6 +609,48 @@ await step('at 360 px wide the page fits the screen and works', async () => {
   await small.close();
 });
 
+await step('an admin key sees every organization and names one where it must', async () => {
+  const admin = await context.newPage();
+  watch(admin);
+  await admin.goto(`${base}/`);
+  await signIn(admin, ADMIN_KEY);
+  await admin.waitForSelector('#identity:not([hidden])');
+  assert.equal(await admin.textContent('#identity-org'), 'every organization');
+  assert.equal(await admin.textContent('#identity-role'), 'admin');
+  assert.equal(await admin.inputValue('#admin-org'), '*');
+  await admin.waitForFunction(() => document.getElementById('connection').dataset.state === 'live');
+  const other = await emit(ADMIN_KEY, { type: 'custom.admin.seen', resourceId: 'a-1', resourceType: 'thing', organizationId: 'org-other' });
+  await admin.waitForSelector(`#live-events li[data-id="${other.id}"]`, { timeout: 5000 });
+  await admin.fill('#admin-org', ORG);
+  await admin.dispatchEvent('#admin-org', 'change');
+  await admin.waitForFunction(() => document.getElementById('connection').dataset.state === 'live');
+  const ids = await liveIds(admin);
+  assert.ok(ids.length > 0 && !ids.includes(other.id), 'only the named organization is shown');
+  await admin.click('.tabs a[data-view=keys]');
+  await admin.fill('#key-form input[name=name]', 'second org reader');
+  await admin.fill('#key-form input[name=organizationId]', 'org-two');
+  await admin.click('#key-form button[type=submit]');
+  await admin.waitForSelector('#key-secret:not([hidden])');
+  const me = (await api(await admin.textContent('#key-secret code'), 'GET', '/v1/keys/me')).body;
+  assert.equal(me.organizationId, 'org-two');
+  await admin.close();
+});
+
+await step('a key revoked while the page is open signs it out with a clear message', async () => {
+  const reader = (await api(serviceKey, 'POST', '/v1/keys', { role: 'reader', name: 'soon revoked' })).body;
+  const watcher = await context.newPage();
+  watch(watcher);
+  await watcher.goto(`${base}/`);
+  await signIn(watcher, reader.key);
+  await watcher.waitForFunction(() => document.getElementById('connection').dataset.state === 'live');
+  assert.equal(await watcher.isVisible('#keys-tab'), false, 'a reader key gets no Keys page');
+  assert.equal((await api(serviceKey, 'DELETE', `/v1/keys/${reader.id}`)).status, 200);
+  await watcher.waitForSelector('#sign-in:not([hidden])', { timeout: 15000 });
+  assert.match(await watcher.textContent('#message-text'), /not accepted \(401\)/);
+  assert.equal(await watcher.evaluate(() => sessionStorage.getItem('cpod.apiKey')), null);
+  await watcher.close();
+});
+
 await step('the server being down shows a clear message', async () => {
   await page.click('.tabs a[data-view=live]');
   await expectConnection('live');
