@@ -237,7 +237,7 @@ function addLiveEvent(event) {
 
 function countForChart(event) {
   const second = Math.floor(Date.parse(event.timestamp) / 1000);
-  if (!Number.isFinite(second)) return;
+  if (!Number.isFinite(second) || second <= Date.now() / 1000 - CHART_SECONDS) return;
   const namespace = namespaceOf(event.type);
   live.namespaces.add(namespace);
   let bucket = live.buckets.get(second);
@@ -248,12 +248,17 @@ function countForChart(event) {
   bucket.set(namespace, (bucket.get(namespace) || 0) + 1);
 }
 
+/** The first second the chart shows; older buckets are dropped. */
+function pruneChart() {
+  const first = Math.floor(Date.now() / 1000) - CHART_SECONDS + 1;
+  for (const second of live.buckets.keys()) if (second < first) live.buckets.delete(second);
+  return first;
+}
+
 /** Redraws the stacked area chart of the last five minutes. */
 function drawChart() {
   const svg = $('rate-chart');
-  const now = Math.floor(Date.now() / 1000);
-  const first = now - CHART_SECONDS + 1;
-  for (const second of live.buckets.keys()) if (second < first) live.buckets.delete(second);
+  const first = pruneChart();
   const namespaces = [...live.namespaces].sort();
   const totals = new Array(CHART_SECONDS).fill(0);
   for (let i = 0; i < CHART_SECONDS; i += 1) {
@@ -845,6 +850,7 @@ function wire() {
   window.addEventListener('hashchange', showView);
   setInterval(() => {
     if (me && !$('view-live').hidden) drawChart();
+    else pruneChart();
   }, 1000);
 }
 

@@ -65,7 +65,7 @@
  * @property {(reset: {reason: string, lastEventId: string}) => void} [onReset] the resume point
  *   was unknown or expired: events may have been missed, re-read history
  * @property {(error: CpodError) => void} [onError] a failure the stream cannot recover from
- *   (the key was revoked: 401/403); the stream is closed
+ *   (the key was revoked: 401; a filter the broker refuses: 400, 403); the stream is closed
  * @property {number} [ticketTtlSeconds] lifetime of each stream ticket (default 3600)
  */
 
@@ -461,16 +461,38 @@ export class EventStream {
     source.onerror = () => {
       if (this.source !== source || this.closed) return;
       if (source.readyState === EventSource.CLOSED) {
-        // Refused (the ticket expired, the key was revoked…): a new ticket decides which.
+        // Refused: the ticket expired (a new one fixes that), the key was revoked or the filter
+        // is wrong (which nothing fixes). EventSource cannot tell the status; `recover` finds out.
         source.close();
         this.source = null;
         this.ticket = null;
-        this.retryLater();
+        this.recover();
       } else {
         // The browser reconnects by itself and sends Last-Event-ID.
         this.setState('reconnecting');
       }
     };
+  }
+
+  /**
+   * After a refused stream: asks history with the same filter (one event) to learn whether
+   * the key and the filter are still good. A 4xx ends the stream with `onError`; otherwise
+   * (an expired ticket, a broker that is down) the stream reopens.
+   */
+  async recover() {
+    try {
+      const query = new URLSearchParams(this.query);
+      query.set('limit', '1');
+      await this.client.request('GET', '/v1/events', { query });
+    } catch (error) {
+      if (this.closed) return;
+      if (error instanceof CpodError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+        this.close();
+        if (this.options.onError) this.options.onError(error);
+        return;
+      }
+    }
+    if (!this.closed) this.retryLater();
   }
 
   /** Reopens after a growing, jittered delay (0.5 s doubling up to 10 s). */

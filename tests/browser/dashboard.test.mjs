@@ -441,13 +441,20 @@ await step('SDK in page context: getHistory maps options, subscribe/dispatch/uns
     } catch (e) {
       noEnv = e.message;
     }
+    // A filter the broker refuses ends the stream with onError instead of retrying forever.
+    const badFilter = await new Promise((resolve) => {
+      const bad = client.events.stream({ types: ['Pod.*'] }, {
+        onError: (e) => resolve({ status: e.status, code: e.code, param: e.param, state: bad.state }),
+      });
+      setTimeout(() => resolve('no onError within 8 s'), 8000);
+    });
     const fromEnv = CpodClient.fromEnv({ CPOD_BASE_URL: location.origin, CPOD_API_KEY: key });
     const me = await fromEnv.keys.me();
     return {
       first: { n: first.data.length, hasMore: first.hasMore, cursor: typeof first.nextCursor, ids: first.data.map((e) => e.id) },
       second: { ids: second.data.map((e) => e.id), hasMore: second.hasMore },
       oldest: oldest.data.map((e) => e.resourceId),
-      unknownOption, brokerError, seen, counts, noEnv, role: me.role,
+      unknownOption, brokerError, seen, counts, noEnv, role: me.role, badFilter,
     };
   }, { key: serviceKey });
   assert.deepEqual(result.first, { n: 10, hasMore: true, cursor: 'string', ids: historyIds.slice(0, 10) });
@@ -461,6 +468,7 @@ await step('SDK in page context: getHistory maps options, subscribe/dispatch/uns
   assert.deepEqual(result.counts, [3, 1, 1, 2]);
   assert.match(result.noEnv, /in a browser, use new CpodClient/);
   assert.equal(result.role, 'service');
+  assert.deepEqual(result.badFilter, { status: 400, code: 'invalid_request', param: 'types', state: 'closed' });
 });
 
 await step('SDK stream: dispatches to subscriptions, renews an expired ticket and resumes, reports reset', async () => {
