@@ -38,10 +38,12 @@ use crate::http::webhooks::{CreatedWebhook, WebhookView};
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi_json,
+        crate::http::dashboard::index,
+        crate::http::dashboard::sdk,
     ),
     components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView)),
     modifiers(&BearerAuth),
-    tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"))
+    tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]
 pub struct ApiDoc;
 

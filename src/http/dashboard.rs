@@ -12,6 +12,8 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use sha2::{Digest, Sha256};
 
+use crate::error::ApiError;
+
 /// Only this origin, for everything; `data:` images for the inline favicon.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
@@ -48,14 +50,41 @@ const ASSETS: &[Asset] = &[
 ];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for (index, asset) in ASSETS.iter().enumerate() {
-        cfg.service(
-            web::resource(asset.path)
-                .route(web::get().to(move |req: HttpRequest| serve(req, index)))
-                .route(web::head().to(move |req: HttpRequest| serve(req, index)))
-                .default_service(web::to(crate::error::method_not_allowed)),
-        );
-    }
+    cfg.service(resource("/", index))
+        .service(resource("/sdk.js", sdk))
+        .service(resource("/app.js", serve))
+        .service(resource("/style.css", serve));
+}
+
+/// GET and HEAD of one asset; any other method is a 405.
+fn resource<H, Args>(path: &str, handler: H) -> actix_web::Resource
+where
+    H: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    H::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(crate::error::method_not_allowed))
+}
+
+/// The dashboard.
+#[utoipa::path(get, path = "/", tag = "dashboard", responses(
+    (status = 200, description = "The dashboard page; its scripts and styles are `/app.js`, `/sdk.js`, `/style.css`", content_type = "text/html"),
+    (status = 304, description = "Not modified: the `If-None-Match` ETag is current"),
+))]
+pub async fn index(req: HttpRequest) -> HttpResponse {
+    serve(req).await
+}
+
+/// The browser SDK: an ES module (`import { CpodClient } from '/sdk.js'`).
+#[utoipa::path(get, path = "/sdk.js", tag = "dashboard", responses(
+    (status = 200, description = "The browser SDK", content_type = "text/javascript"),
+    (status = 304, description = "Not modified: the `If-None-Match` ETag is current"),
+))]
+pub async fn sdk(req: HttpRequest) -> HttpResponse {
+    serve(req).await
 }
 
 /// The quoted strong ETag of each asset, computed once.
@@ -79,7 +108,11 @@ fn matches_etag(req: &HttpRequest, etag: &str) -> bool {
         .any(|candidate| candidate == etag || candidate == "*")
 }
 
-async fn serve(req: HttpRequest, index: usize) -> HttpResponse {
+/// Answers the asset at the request's path (every route of this module is one).
+async fn serve(req: HttpRequest) -> HttpResponse {
+    let Some(index) = ASSETS.iter().position(|a| a.path == req.path()) else {
+        return actix_web::ResponseError::error_response(&ApiError::not_found("asset"));
+    };
     let asset = &ASSETS[index];
     let etag = &etags()[index];
     let not_modified = matches_etag(&req, etag);

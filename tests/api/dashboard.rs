@@ -149,7 +149,7 @@ async fn keys_me_refuses_a_missing_or_revoked_key_and_other_methods() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_describes_keys_me() {
+async fn the_openapi_document_describes_keys_me_the_dashboard_and_the_sdk() {
     let app = spawn_app().await;
     let document = json_of(
         app.client
@@ -160,5 +160,7 @@ async fn the_openapi_document_describes_keys_me() {
         StatusCode::OK,
     )
     .await;
-    assert!(document["paths"]["/v1/keys/me"]["get"].is_object());
+    for path in ["/v1/keys/me", "/", "/sdk.js"] {
+        assert!(document["paths"][path]["get"].is_object(), "{path}");
+    }
 }
