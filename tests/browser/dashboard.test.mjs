@@ -52,7 +52,7 @@ class Broker {
     this.starts = 0;
   }
 
-  async start() {
+  async start(extraEnv = {}) {
     const log = fs.openSync(path.join(this.dir, `broker-${this.starts++}.log`), 'w');
     this.child = spawn(BIN, [], {
       env: {
@@ -63,6 +63,7 @@ class Broker {
         CPOD_WEBHOOK_ALLOW_PRIVATE: 'true',
         CPOD_HEARTBEAT: '2s',
         CPOD_WORKERS: '2',
+        ...extraEnv,
       },
       stdio: ['ignore', log, log],
     });
@@ -678,6 +679,23 @@ await step('the server being down shows a clear message', async () => {
   await page.click('#message-retry');
   await page.waitForSelector('#identity:not([hidden])');
   await expectConnection('live');
+});
+
+await step('resuming after an event that has expired shows the reset state and goes on live', async () => {
+  await page.click('.tabs a[data-view=live]');
+  const last = await emit(serviceKey, { type: 'custom.reset.before', resourceId: 'z-1', resourceType: 'reset' });
+  await page.waitForSelector(`#live-events li[data-id="${last.id}"]`, { timeout: 5000 });
+  await page.click('#pause');
+  await expectConnection('paused');
+  // The same database with a 1-second retention: the last event shown expires.
+  await broker.stop();
+  await broker.start({ CPOD_RETENTION: '1s' });
+  await sleep(1500);
+  await page.click('#pause');
+  await expectConnection('reset');
+  assert.match(await page.textContent('#live-note'), new RegExp(`could not resume after ${last.id} \\(unknown_last_event_id\\)`));
+  const fresh = await emit(serviceKey, { type: 'custom.reset.after', resourceId: 'z-2', resourceType: 'reset' });
+  await page.waitForSelector(`#live-events li[data-id="${fresh.id}"]`, { timeout: 5000 });
 });
 
 await step('no request ever left the broker\'s origin, and the page threw nothing', async () => {
