@@ -615,6 +615,13 @@ await step('at 360 px wide the page fits the screen and works', async () => {
   const width = await small.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 360, `no horizontal scrolling (scrollWidth ${width})`);
   await small.screenshot({ path: path.join(SCREENSHOTS, 'live-360.png') });
+  for (const view of ['history', 'webhooks', 'keys']) {
+    await small.click(`.tabs a[data-view=${view}]`);
+    await small.waitForSelector(`#view-${view}:not([hidden])`);
+    await small.waitForTimeout(300);
+    const viewWidth = await small.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(viewWidth <= 360, `${view}: no horizontal scrolling (scrollWidth ${viewWidth})`);
+  }
   await small.close();
 });
 
