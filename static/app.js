@@ -210,7 +210,6 @@ const live = {
   /** Per second (Unix seconds) → namespace → count. */
   buckets: new Map(),
   namespaces: new Set(),
-  missedWhilePaused: 0,
 };
 
 function setConnection(state, text) {

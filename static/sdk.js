@@ -238,7 +238,7 @@ export class CpodClient {
         body: body === undefined ? undefined : JSON.stringify(body),
         cache: 'no-store',
       });
-    } catch (cause) {
+    } catch {
       throw new CpodError(0, 'network', `cannot reach the broker at ${this.baseUrl}`, null);
     }
     const text = await response.text();
