@@ -124,6 +124,10 @@ fn the_dashboard_and_the_browser_sdk_work_in_headless_chromium() {
             break Some(status);
         }
         if Instant::now() > deadline {
+            // SIGTERM first: the script then kills its broker and Chromium on the way out.
+            // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(3));
             let _ = child.kill();
             let _ = child.wait();
             break None;

@@ -128,6 +128,11 @@ async function waitFor(what, check, timeoutMs = 10000) {
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cpod-browser-'));
 const broker = new Broker(dir, await freePort());
 const base = broker.base;
+// A broker must never outlive this script, however it ends (Chromium is ended by Playwright).
+process.on('exit', () => {
+  if (broker.child && broker.child.exitCode === null) broker.child.kill('SIGKILL');
+});
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
 
 async function api(key, method, urlPath, body) {
   const response = await fetch(`${base}${urlPath}`, {
