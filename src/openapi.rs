@@ -12,7 +12,7 @@ use crate::http::webhooks::{CreatedWebhook, WebhookView};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "cPod Events", description = "A real-time event broker: durable ingestion, history, keys."),
+    info(title = "cPod Events", description = "A real-time event broker: durable ingestion, history, keys, live streams, webhooks. The dashboard is served at `/` and the browser SDK at `/sdk.js`."),
     paths(
         crate::http::ingest::post_event,
         crate::http::ingest::post_batch,
@@ -20,6 +20,7 @@ use crate::http::webhooks::{CreatedWebhook, WebhookView};
         crate::http::history::get_event,
         crate::http::keys::create_key,
         crate::http::keys::list_keys,
+        crate::http::keys::current_key,
         crate::http::keys::revoke_key,
         crate::http::sse::stream_events,
         crate::http::ws::open_socket,
@@ -37,10 +38,12 @@ use crate::http::webhooks::{CreatedWebhook, WebhookView};
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi_json,
+        crate::http::dashboard::index,
+        crate::http::dashboard::sdk,
     ),
     components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView)),
     modifiers(&BearerAuth),
-    tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"))
+    tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]
 pub struct ApiDoc;
 

@@ -29,6 +29,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(list_keys))
             .default_service(web::to(crate::error::method_not_allowed)),
     )
+    // Before `/v1/keys/{id}`, which would otherwise take `me` for an id.
+    .service(
+        web::resource("/v1/keys/me")
+            .route(web::get().to(current_key))
+            .default_service(web::to(crate::error::method_not_allowed)),
+    )
     .service(
         web::resource("/v1/keys/{id}")
             .route(web::delete().to(revoke_key))
@@ -204,6 +210,29 @@ pub async fn list_keys(
     let keys = state.store.active_keys(organization).await?;
     let data: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
+/// The calling key itself (any role): its organization, role and name, never its secret. This is
+/// how a client such as the dashboard learns what the key it was given may see and do.
+#[utoipa::path(
+    get, path = "/v1/keys/me", tag = "keys",
+    responses(
+        (status = 200, body = KeyView),
+        (status = 401, body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn current_key(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let record = state
+        .store
+        .active_key(principal.key_id)
+        .await?
+        // Revoked between authentication and this read.
+        .ok_or_else(|| ApiError::Unauthorized("this key has been revoked".into()))?;
+    Ok(HttpResponse::Ok().json(KeyView::from(&record)))
 }
 
 /// Revoke a key: it gets 401 from then on.

@@ -1,6 +1,7 @@
 //! The HTTP edge: one module per area, each with its `configure`, and the strict readers of
 //! bodies, headers and query strings they share (so every malformed input is a contract error).
 
+pub mod dashboard;
 pub mod history;
 pub mod ingest;
 pub mod keys;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     streams::configure(cfg);
     webhooks::configure(cfg);
     ops::configure(cfg);
+    dashboard::configure(cfg);
 }
 
 /// Requires a JSON content type (`application/json`, parameters such as `charset` allowed).
