@@ -43,7 +43,16 @@ pub fn subscribers_chart(
         .configure_mesh()
         .x_desc("subscribers")
         .y_desc(y_label)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        // Labels at 1, 2 and 5 × 10ⁿ only, and no minor lines: the log axis is readable.
+        .x_label_formatter(&|x| {
+            let leading = x / 10f64.powf(x.log10().floor());
+            if [1.0, 2.0, 5.0].iter().any(|d| (leading - d).abs() < 1e-6) {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .light_line_style(WHITE)
         .y_label_formatter(&|y| {
             if *y >= 10_000.0 {
                 format!("{:.0}k", y / 1000.0)
