@@ -99,25 +99,109 @@ impl Error {
         }
     }
 
-    /// Whether a retry may succeed: a transient broker answer or a transport failure.
+    /// Whether a retry may succeed: a transient broker answer or a transport failure. Failures
+    /// that come back on every attempt are not: a request that cannot be built (a bad URL or
+    /// header), too many redirects, a TLS failure (an untrusted or wrong certificate, a peer
+    /// that does not speak TLS), a WebSocket URL or handshake that is malformed.
     ///
     /// ```
     /// assert!(!cpod_sdk::Error::Config("bad".into()).is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
+        use tokio_tungstenite::tungstenite::Error as Ws;
         match self {
             Error::Api(e) => e.is_transient(),
             // Bodies are decoded by this SDK (into `Protocol`): a reqwest decode error is a body
             // cut short, as when the broker goes away mid-stream.
-            Error::Http(e) => !e.is_builder(),
-            Error::WebSocket(_) | Error::Timeout(_) => true,
+            Error::Http(e) => !(e.is_builder() || e.is_redirect() || is_tls_failure(e)),
+            Error::WebSocket(e) => match &**e {
+                Ws::Tls(_) | Ws::Url(_) | Ws::HttpFormat(_) | Ws::Http(_) => false,
+                Ws::Io(io) => !is_tls_failure(io),
+                _ => true,
+            },
+            Error::Timeout(_) => true,
             Error::Protocol(_) | Error::Config(_) => false,
         }
     }
 }
 
+/// `error`'s message followed by each cause in its chain that the message does not already
+/// show, so that "cannot reach the broker" says why (e.g. `Connection refused`).
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
+}
+
+/// Whether a TLS error (rustls's) is anywhere in `error`'s chain, including inside the
+/// `io::Error`s that carry it (whose `source()` skips the error they wrap).
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && is_tls_failure(inner)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 impl From<tokio_tungstenite::tungstenite::Error> for Error {
     fn from(error: tokio_tungstenite::tungstenite::Error) -> Self {
         Error::WebSocket(Box::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::error::{TlsError, UrlError};
+
+    #[test]
+    fn websocket_failures_that_come_back_every_time_are_permanent() {
+        use tokio_tungstenite::tungstenite::Error as Ws;
+        let permanent = [
+            Error::from(Ws::Url(UrlError::NoHostName)),
+            Error::from(Ws::Tls(TlsError::InvalidDnsName)),
+            Error::from(Ws::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ))),
+        ];
+        for error in permanent {
+            assert!(!error.is_transient(), "{error:?}");
+        }
+        let transient = [
+            Error::from(Ws::Io(std::io::ErrorKind::ConnectionRefused.into())),
+            Error::from(Ws::ConnectionClosed),
+            Error::Timeout(Duration::from_secs(1)),
+        ];
+        for error in transient {
+            assert!(error.is_transient(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn causes_are_listed_once_each() {
+        let io = std::io::Error::other(rustls::Error::General("bad record".into()));
+        let error = Error::from(tokio_tungstenite::tungstenite::Error::Io(io));
+        let text = with_causes(&error);
+        assert_eq!(text.matches("bad record").count(), 1, "{text}");
+        assert!(text.starts_with("WebSocket: "), "{text}");
     }
 }

@@ -2,16 +2,24 @@
 //! (SSE or WebSocket), resumes after the last event it yielded, backs off between attempts, and
 //! drops any event it has already yielded.
 //!
-//! Reconnection policy: the first delay is the broker's `retry:` (jittered by the broker), each
-//! failure after that doubles it up to [`StreamOptions::max_backoff`], and every delay is drawn
-//! uniformly from its upper half (jitter), so that many clients of a restarted broker do not come
-//! back in the same instant. A `Retry-After` is honoured. Errors that will not go away by
-//! retrying (a revoked key, a filter the broker refuses) end the stream with that error.
+//! Reconnection policy: the first delay is at least the broker's `retry:` (jittered by the
+//! broker), each failure after that doubles it up to [`StreamOptions::max_backoff`], and every
+//! delay is drawn uniformly from `[bound, 1.5 · bound]` (jitter, never below the bound and never
+//! above `max_backoff`), so that many clients of a restarted broker do not come back in the same
+//! instant. The doubling starts over only once a connection has delivered an event or stayed up
+//! for [`STABLE_AFTER`]: a broker that accepts and at once closes is not hammered. A
+//! `Retry-After` is honoured. Errors that will not go away by retrying (a revoked key, a filter
+//! the broker refuses) end the stream with that error.
+//!
+//! Resume point: after the last event yielded (`Last-Event-ID`); before the first one, the time
+//! the broker accepted the stream (its `Date`, else the local clock) less [`RESUME_MARGIN`], as
+//! `since`, so that events stored while a quiet stream was reconnecting are still yielded (the
+//! few seconds of overlap are dropped as duplicates, or are events stored just before the start).
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -25,6 +33,20 @@ use crate::model::Event;
 const DEFAULT_RETRY: Duration = Duration::from_secs(2);
 /// How many recent event ids are remembered to drop duplicates.
 const DEDUPE_WINDOW: usize = 4096;
+/// A connection up this long counts as working even without an event: the next failure starts
+/// the backoff over.
+///
+/// ```
+/// assert_eq!(cpod_sdk::stream::STABLE_AFTER.as_secs(), 30);
+/// ```
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How far before its acceptance a stream that has yielded nothing yet resumes (`since`), for
+/// the resolution of `Date` (whole seconds) and clocks that disagree a little.
+///
+/// ```
+/// assert_eq!(cpod_sdk::stream::RESUME_MARGIN.as_secs(), 3);
+/// ```
+pub const RESUME_MARGIN: Duration = Duration::from_secs(3);
 
 /// What a live stream yields.
 ///
@@ -163,6 +185,20 @@ pub(crate) enum Incoming {
 /// One open connection's reports.
 pub(crate) type Connection = Pin<Box<dyn Stream<Item = Result<Incoming>> + Send>>;
 
+/// The `since` that covers everything stored after a connection was accepted: the broker's
+/// `Date` header of its answer (the clock that stamps events), or else the local clock, less
+/// [`RESUME_MARGIN`], as RFC 3339.
+pub(crate) fn accepted_since(date: Option<&str>) -> String {
+    let accepted = date
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        .unwrap_or_else(SystemTime::now);
+    let since = accepted
+        .checked_sub(RESUME_MARGIN)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .max(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(since).to_string()
+}
+
 /// Where a (re)connection resumes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Resume {
@@ -267,14 +303,15 @@ impl Seen {
     }
 }
 
-/// The delay before reconnection attempt `attempt` (1, 2, …): `base · 2^(attempt-1)`, capped,
-/// drawn uniformly from its upper half.
+/// The delay before reconnection attempt `attempt` (1, 2, …): the bound `base · 2^(attempt-1)`,
+/// drawn uniformly from `[bound, 1.5 · bound]`. The result never exceeds `max` (near it, the bound
+/// is lowered to `max / 1.5` so that jitter remains) and is never below `base` (the broker's
+/// `retry:`) unless `base` itself exceeds `max`.
 pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
-    let exponential = base
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
-        .min(max);
-    let half = exponential / 2;
-    half + exponential.mul_f64(rand::random::<f64>() * 0.5)
+    let exponential = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
+    let bound = exponential.min(max.mul_f64(2.0 / 3.0));
+    let drawn = bound + bound.mul_f64(rand::random::<f64>() * 0.5);
+    drawn.max(base.min(max)).min(max)
 }
 
 async fn run(
@@ -311,11 +348,16 @@ async fn run(
                 if let Error::Api(api) = &error {
                     not_before = api.retry_after;
                 }
-                error.to_string()
+                crate::error::with_causes(&error)
             }
-            Ok(mut connection) => {
-                attempt = 0;
-                loop {
+            Ok((mut connection, accepted)) => {
+                // Nothing yielded yet: what is stored from now on must survive a reconnection.
+                if resume.last_event_id.is_none() && resume.since.is_none() {
+                    resume.since = Some(accepted.clone());
+                }
+                let connected_at = Instant::now();
+                let mut delivered = false;
+                let failure = loop {
                     let next = tokio::select! {
                         _ = items.closed() => return,
                         next = tokio::time::timeout(options.idle_timeout, connection.next()) => next,
@@ -327,11 +369,12 @@ async fn run(
                             let _ = items.send(Err(error)).await;
                             return;
                         }
-                        Ok(Some(Err(error))) => break error.to_string(),
+                        Ok(Some(Err(error))) => break crate::error::with_causes(&error),
                         Ok(Some(Ok(item))) => item,
                     };
                     let yielded = match item {
                         Incoming::Event(event) => {
+                            delivered = true;
                             if !seen.insert(&event.id) {
                                 continue;
                             }
@@ -339,10 +382,12 @@ async fn run(
                             StreamItem::Event(*event)
                         }
                         Incoming::Reset { reason } => {
-                            // Live from here: resuming from the lost point (or the original
-                            // `since`) again would only repeat the reset or the replay.
+                            // Live from this connection's start: resuming from the lost point
+                            // (or the original `since`) again would only repeat the reset or
+                            // the replay, and resuming from nothing would lose what is stored
+                            // while reconnecting.
                             let last_event_id = resume.last_event_id.take();
-                            resume.since = None;
+                            resume.since = Some(accepted.clone());
                             StreamItem::Reset {
                                 reason,
                                 last_event_id,
@@ -357,7 +402,12 @@ async fn run(
                     if items.send(Ok(yielded)).await.is_err() {
                         return;
                     }
+                };
+                // Only a connection that worked starts the backoff over.
+                if delivered || connected_at.elapsed() >= STABLE_AFTER {
+                    attempt = 0;
                 }
+                failure
             }
         };
         attempt = attempt.saturating_add(1);
@@ -385,14 +435,19 @@ async fn connect(
     transport: Transport,
     filter: &Filter,
     resume: &Resume,
-) -> Result<Connection> {
+) -> Result<(Connection, String)> {
     match transport {
         Transport::Sse => connect_sse(client, filter, resume).await,
         Transport::WebSocket => crate::ws::connect(client, filter, resume).await,
     }
 }
 
-async fn connect_sse(client: &CpodClient, filter: &Filter, resume: &Resume) -> Result<Connection> {
+/// Opens an SSE stream; answers it and the `since` of its acceptance ([`accepted_since`]).
+async fn connect_sse(
+    client: &CpodClient,
+    filter: &Filter,
+    resume: &Resume,
+) -> Result<(Connection, String)> {
     let mut pairs = filter.to_pairs();
     let mut request = client
         .stream_request("/v1/events/stream")
@@ -413,36 +468,46 @@ async fn connect_sse(client: &CpodClient, filter: &Filter, resume: &Resume) -> R
             "the stream endpoint did not answer text/event-stream".into(),
         ));
     }
+    let accepted = accepted_since(
+        response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let mut decoder = crate::sse::Decoder::default();
     let incoming = response.bytes_stream().flat_map(move |chunk| {
-        let items: Vec<Result<Incoming>> = match chunk {
-            Err(e) => vec![Err(Error::Http(e))],
-            Ok(bytes) => {
-                let mut items: Vec<Result<Incoming>> = decoder
-                    .feed(&bytes)
-                    .into_iter()
-                    .map(message_to_incoming)
-                    .collect();
+        let mut items: Vec<Result<Incoming>> = Vec::new();
+        match chunk
+            .map_err(Error::Http)
+            .and_then(|bytes| decoder.feed(&bytes))
+        {
+            Err(e) => items.push(Err(e)),
+            Ok(messages) => {
+                for message in messages {
+                    message_to_incoming(message, &mut items);
+                }
                 // A chunk with no complete message (a keep-alive comment) still shows life.
                 items.push(Ok(Incoming::Alive));
-                items
             }
-        };
+        }
         futures_util::stream::iter(items)
     });
-    Ok(Box::pin(incoming))
+    Ok((Box::pin(incoming), accepted))
 }
 
-fn message_to_incoming(message: crate::sse::Message) -> Result<Incoming> {
-    if let Some(ms) = message.retry
-        && message.data.is_none()
-    {
-        return Ok(Incoming::Retry(Duration::from_millis(ms)));
+/// What one SSE message reports: its `retry:` (in whichever message it comes), then its event
+/// or reset.
+fn message_to_incoming(message: crate::sse::Message, out: &mut Vec<Result<Incoming>>) {
+    if let Some(ms) = message.retry {
+        out.push(Ok(Incoming::Retry(Duration::from_millis(ms))));
     }
     let Some(data) = message.data else {
-        return Ok(Incoming::Alive);
+        if message.retry.is_none() {
+            out.push(Ok(Incoming::Alive));
+        }
+        return;
     };
-    match message.event.as_deref() {
+    out.push(match message.event.as_deref() {
         None | Some("message") => serde_json::from_str::<Event>(&data)
             .map(|e| Incoming::Event(Box::new(e)))
             .map_err(|e| Error::Protocol(format!("an event that is not an event ({e}): {data}"))),
@@ -455,7 +520,7 @@ fn message_to_incoming(message: crate::sse::Message) -> Result<Incoming> {
         }
         // A type this SDK does not know yet: ignore it rather than end the stream.
         Some(_) => Ok(Incoming::Alive),
-    }
+    });
 }
 
 #[cfg(test)]
@@ -463,22 +528,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_the_cap_and_stays_in_the_upper_half() {
+    fn backoff_doubles_to_the_cap_and_never_goes_below_the_retry_hint() {
         let base = Duration::from_secs(2);
         let max = Duration::from_secs(30);
         for _ in 0..200 {
             let first = backoff(base, 1, max);
             assert!(
-                first >= Duration::from_secs(1) && first <= base,
+                first >= base && first <= Duration::from_secs(3),
                 "{first:?}"
             );
             let third = backoff(base, 3, max);
-            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8));
+            assert!(third >= Duration::from_secs(8) && third <= Duration::from_secs(12));
             let late = backoff(base, 40, max);
-            assert!(late >= Duration::from_secs(15) && late <= max, "{late:?}");
+            assert!(late >= Duration::from_secs(20) && late <= max, "{late:?}");
+            // `retry: 4000` is a floor, not a ceiling.
+            let hinted = backoff(Duration::from_secs(4), 1, max);
+            assert!(
+                hinted >= Duration::from_secs(4) && hinted <= Duration::from_secs(6),
+                "{hinted:?}"
+            );
+            // A hint above the cap is cut to the cap.
+            assert_eq!(backoff(Duration::from_secs(60), 1, max), max);
         }
         let draws: HashSet<Duration> = (0..20).map(|_| backoff(base, 2, max)).collect();
         assert!(draws.len() > 1, "the delay is jittered");
+        let capped: HashSet<Duration> = (0..20).map(|_| backoff(base, 40, max)).collect();
+        assert!(capped.len() > 1, "the delay is jittered at the cap too");
+    }
+
+    #[test]
+    fn the_resume_point_is_the_brokers_date_less_the_margin() {
+        assert_eq!(
+            accepted_since(Some("Sat, 28 Nov 2026 23:17:48 GMT")),
+            "2026-11-28T23:17:45.000Z"
+        );
+        // Without a (readable) Date: the local clock, less the margin.
+        let before = SystemTime::now() - RESUME_MARGIN - Duration::from_millis(1);
+        let local = accepted_since(Some("yesterday"));
+        let parsed = humantime::parse_rfc3339(&local).unwrap();
+        assert!(
+            parsed >= before
+                && parsed <= SystemTime::now() - RESUME_MARGIN + Duration::from_millis(1)
+        );
+        assert!(humantime::parse_rfc3339(&accepted_since(None)).is_ok());
     }
 
     #[test]
@@ -495,11 +587,11 @@ mod tests {
     #[test]
     fn sse_messages_become_events_resets_and_retry_hints() {
         let decode = |wire: &[u8]| {
-            crate::sse::Decoder::default()
-                .feed(wire)
-                .into_iter()
-                .map(message_to_incoming)
-                .collect::<Vec<_>>()
+            let mut out = Vec::new();
+            for message in crate::sse::Decoder::default().feed(wire).unwrap() {
+                message_to_incoming(message, &mut out);
+            }
+            out
         };
         let items = decode(
             b"retry: 3100\n\nevent: reset\ndata: {\"reason\":\"unknown_last_event_id\",\"lastEventId\":\"x\"}\n\nid: 1\ndata: {\"id\":\"1\",\"type\":\"pod.failed\",\"resourceId\":\"p\",\"resourceType\":\"pod\",\"organizationId\":\"o\",\"workspaceId\":null,\"payload\":{},\"timestamp\":\"t\"}\n\n",
@@ -511,5 +603,12 @@ mod tests {
         assert!(matches!(&items[2], Ok(Incoming::Event(e)) if e.event_type == "pod.failed"));
         let bad = decode(b"data: [1]\n\n");
         assert!(matches!(bad[0], Err(Error::Protocol(_))));
+        // A `retry:` sharing a message with an event counts as well.
+        let both = decode(
+            b"retry: 4000\nid: 2\ndata: {\"id\":\"2\",\"type\":\"pod.failed\",\"resourceId\":\"p\",\"resourceType\":\"pod\",\"organizationId\":\"o\",\"workspaceId\":null,\"payload\":{},\"timestamp\":\"t\"}\n\n",
+        );
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(matches!(both[0], Ok(Incoming::Retry(d)) if d == Duration::from_millis(4000)));
+        assert!(matches!(&both[1], Ok(Incoming::Event(e)) if e.id == "2"));
     }
 }

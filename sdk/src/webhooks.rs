@@ -24,6 +24,13 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// How far a delivery's timestamp may be from now, either way.
 pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// How many entries of `webhook-signature` are looked at; those after are ignored (the broker
+/// sends one per active secret, so a handful at most).
+///
+/// ```
+/// assert_eq!(cpod_sdk::webhooks::MAX_SIGNATURES, 32);
+/// ```
+pub const MAX_SIGNATURES: usize = 32;
 
 /// Why a delivery was refused.
 ///
@@ -164,22 +171,29 @@ pub fn verify_at<H: Headers + ?Sized>(
         .filter(|k| !k.is_empty())
         .ok_or(VerifyError::BadSecret)?;
     // Only well-formed `v1,<base64>` entries count: a bare `v1,` or another version never matches.
+    // At most MAX_SIGNATURES entries are read, so a forged header cannot buy unbounded work.
     let candidates: Vec<Vec<u8>> = signatures
         .split(' ')
+        .filter(|entry| !entry.is_empty())
+        .take(MAX_SIGNATURES)
         .filter_map(|entry| entry.split_once(','))
         .filter(|(version, sig)| *version == "v1" && !sig.is_empty())
         .filter_map(|(_, sig)| STANDARD.decode(sig).ok())
         .collect();
+    if candidates.is_empty() {
+        return Err(VerifyError::NoMatch);
+    }
     for key in &keys {
+        // The body is hashed once per secret; each candidate only finishes a copy of the state.
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
         for candidate in &candidates {
-            let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp.as_bytes());
-            mac.update(b".");
-            mac.update(body);
             // `verify_slice` compares in constant time.
-            if mac.verify_slice(candidate).is_ok() {
+            if mac.clone().verify_slice(candidate).is_ok() {
                 return Ok(());
             }
         }
@@ -567,6 +581,44 @@ mod tests {
         assert_eq!(
             verify_at(&[other], &headers(SIGNATURE)[..], BODY, at(SENT)),
             Err(VerifyError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn many_signatures_are_read_only_up_to_the_cap() {
+        let junk = "v1,bm90IGEgc2lnbmF0dXJlIGF0IGFsbCwgYnV0IDMyIGJ5dGVzIQ==";
+        let with_valid_at = |position: usize| {
+            let mut entries = vec![junk; position];
+            entries.push(SIGNATURE);
+            entries.join(" ")
+        };
+        let secrets = [
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+            SECRET,
+        ];
+        // The last entry the cap allows still matches, with any of several secrets.
+        let last = with_valid_at(MAX_SIGNATURES - 1);
+        assert_eq!(
+            verify_at(&secrets, &headers(&last)[..], BODY, at(SENT)),
+            Ok(())
+        );
+        // Past the cap, entries are not even decoded: a header of thousands costs no more.
+        let past = with_valid_at(MAX_SIGNATURES);
+        assert_eq!(
+            verify_at(&secrets, &headers(&past)[..], BODY, at(SENT)),
+            Err(VerifyError::NoMatch)
+        );
+        let flood = with_valid_at(10_000);
+        assert_eq!(
+            verify_at(&secrets, &headers(&flood)[..], BODY, at(SENT)),
+            Err(VerifyError::NoMatch)
+        );
+        // Extra spaces between entries are not entries.
+        let spaced = format!("{}  {SIGNATURE}", [junk; 10].join("   "));
+        assert_eq!(
+            verify_at(&[SECRET], &headers(&spaced)[..], BODY, at(SENT)),
+            Ok(())
         );
     }
 

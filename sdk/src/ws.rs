@@ -21,7 +21,7 @@ pub(crate) async fn connect(
     client: &CpodClient,
     filter: &Filter,
     resume: &Resume,
-) -> Result<Connection> {
+) -> Result<(Connection, String)> {
     let mut url = client.url("/v1/events/ws");
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme)
@@ -31,7 +31,7 @@ pub(crate) async fn connect(
         .parse()
         .map_err(|_| Error::Config("the API key cannot travel in a header".into()))?;
     request.headers_mut().insert("Authorization", authorization);
-    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+    let (mut socket, response) = match tokio_tungstenite::connect_async(request).await {
         Ok(connected) => connected,
         // A refused upgrade carries the broker's JSON error.
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -46,6 +46,8 @@ pub(crate) async fn connect(
         }
         Err(e) => return Err(e.into()),
     };
+    let accepted =
+        crate::stream::accepted_since(response.headers().get("date").and_then(|v| v.to_str().ok()));
     let mut subscribe =
         json!({"op": "subscribe", "id": SUBSCRIPTION, "filter": filter.to_ws_json()});
     match (&resume.last_event_id, &resume.since) {
@@ -65,7 +67,7 @@ pub(crate) async fn connect(
             Ok(_) => Some(Ok(Incoming::Alive)),
         }
     });
-    Ok(Box::pin(incoming))
+    Ok((Box::pin(incoming), accepted))
 }
 
 /// One text frame from the broker.

@@ -230,13 +230,30 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         // The reader went away (`| head`): not an error.
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cpod-events: {error}");
+            eprintln!("cpod-events: {}", output::clean(&describe(&error)));
             match error {
                 CliError::Usage(_) | CliError::Sdk(cpod_sdk::Error::Config(_)) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// `error` and, after it, each cause in its chain that its own message does not already show
+/// ("cannot reach the broker: error sending request …: client error (Connect): tcp connect
+/// error: Connection refused (os error 111)").
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let message = error.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = error.source();
+    }
+    text
 }
 
 fn client(connection: &Connection) -> Result<CpodClient, CliError> {
@@ -298,11 +315,13 @@ async fn tail(args: TailArgs) -> Result<(), CliError> {
                 reason,
                 last_event_id,
             })) => eprintln!(
-                "cpod-events: cannot resume after {} ({reason}); following live events from here",
-                last_event_id.as_deref().unwrap_or("the given event")
+                "cpod-events: cannot resume after {} ({}); following live events from here",
+                output::clean(last_event_id.as_deref().unwrap_or("the given event")),
+                output::clean(&reason)
             ),
             Some(Ok(StreamItem::Reconnecting { delay, error, .. })) => eprintln!(
-                "cpod-events: {error}; reconnecting in {:.1} s",
+                "cpod-events: {}; reconnecting in {:.1} s",
+                output::clean(&error),
                 delay.as_secs_f64()
             ),
             Some(Ok(_)) => {}
@@ -490,4 +509,33 @@ async fn webhooks(command: WebhooksCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_described_down_to_the_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = CpodClient::new(&format!("http://127.0.0.1:{port}"), "cpk_x").unwrap();
+        let error = CliError::from(client.events().get("e1").await.unwrap_err());
+        let text = describe(&error);
+        assert!(text.starts_with("cannot reach the broker: "), "{text}");
+        // The reason, not only "error sending request".
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        // Each cause once.
+        let first = error.to_string();
+        assert_eq!(text.matches(first.as_str()).count(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_error_without_causes_is_its_message() {
+        let error = CliError::Usage("no API key".into());
+        assert_eq!(describe(&error), "no API key");
+    }
 }

@@ -1,6 +1,11 @@
 //! How the client prints: one readable line per item (coloured when stdout is a terminal and
 //! `NO_COLOR` is unset), or the item's JSON on one line (`--json`, NDJSON).
+//!
+//! Text that comes from the broker (names, URLs, descriptions, reasons, payloads) is printed
+//! through [`clean`]: a control character in it is shown escaped, never sent to the terminal,
+//! where it could rewrite the screen, the title or the clipboard.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
@@ -14,14 +19,47 @@ const MAX_PAYLOAD_CHARS: usize = 160;
 /// Column widths of event lines: time, type, resource, workspace (longer values overflow).
 const WIDTHS: [usize; 4] = [24, 24, 28, 12];
 
-/// `text` padded with spaces to `width` characters.
+/// `text` padded with spaces to `width` characters, cleaned.
 fn pad(text: &str, width: usize) -> String {
+    let text = clean(text);
     format!("{text:<width$}")
+}
+
+/// Whether `c` must not reach a terminal as it is: C0 and C1 controls and DEL (escape sequences,
+/// bells, carriage returns), and the bidirectional overrides that make text read otherwise
+/// than it is.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every unsafe character escaped as Rust does (`\u{1b}`, `\n`), and its
+/// backslashes kept as they are.
+pub fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// An optional value, cleaned, or `default`.
+fn clean_or<'a>(value: Option<&'a str>, default: &'a str) -> Cow<'a, str> {
+    clean(value.unwrap_or(default))
 }
 
 pub struct Printer {
     json: bool,
     color: bool,
+    /// Tests read the lines here instead of stdout.
+    captured: Option<std::cell::RefCell<String>>,
 }
 
 impl Printer {
@@ -29,7 +67,30 @@ impl Printer {
         let color = !json
             && std::io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        Self { json, color }
+        Self {
+            json,
+            color,
+            captured: None,
+        }
+    }
+
+    /// A printer whose lines (readable, coloured as on a terminal) are kept for [`Printer::captured`].
+    #[cfg(test)]
+    fn capturing() -> Self {
+        Self {
+            json: false,
+            color: true,
+            captured: Some(Default::default()),
+        }
+    }
+
+    #[cfg(test)]
+    fn captured(&self) -> String {
+        self.captured
+            .as_ref()
+            .expect("a capturing printer")
+            .borrow()
+            .clone()
     }
 
     fn paint(&self, style: Style, text: &str) -> String {
@@ -41,6 +102,12 @@ impl Printer {
     }
 
     fn line(&self, text: &str) -> std::io::Result<()> {
+        if let Some(captured) = &self.captured {
+            let mut captured = captured.borrow_mut();
+            captured.push_str(text);
+            captured.push('\n');
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         writeln!(out, "{text}")?;
         out.flush()
@@ -56,7 +123,8 @@ impl Printer {
         if self.json {
             return self.json_line(event);
         }
-        let mut payload = serde_json::to_string(&event.payload).expect("JSON serializes");
+        let mut payload =
+            clean(&serde_json::to_string(&event.payload).expect("JSON serializes")).into_owned();
         if payload.chars().count() > MAX_PAYLOAD_CHARS {
             payload = payload
                 .chars()
@@ -99,14 +167,14 @@ impl Printer {
         }
         self.line(&format!(
             "{}  {:<8}  {:<20}  {}  {}{}",
-            key.id,
-            key.role,
-            key.organization_id.as_deref().unwrap_or("*"),
-            self.paint(Style::new().bold(), &key.name),
-            self.paint(Style::new().dimmed(), &key.created_at),
+            clean(&key.id),
+            clean(&key.role),
+            clean_or(key.organization_id.as_deref(), "*"),
+            self.paint(Style::new().bold(), &clean(&key.name)),
+            self.paint(Style::new().dimmed(), &clean(&key.created_at)),
             key.revoked_at
                 .as_deref()
-                .map(|t| format!("  revoked {t}"))
+                .map(|t| format!("  revoked {}", clean(t)))
                 .unwrap_or_default(),
         ))
     }
@@ -118,7 +186,7 @@ impl Printer {
         self.key(&created.info)?;
         self.line(&format!(
             "key (shown only this once): {}",
-            self.paint(Style::new().bold(), &created.key)
+            self.paint(Style::new().bold(), &clean(&created.key))
         ))
     }
 
@@ -133,25 +201,25 @@ impl Printer {
                 AnsiColor::Red.on_default(),
                 &format!(
                     "disabled ({})",
-                    webhook.disabled_reason.as_deref().unwrap_or("by request")
+                    clean_or(webhook.disabled_reason.as_deref(), "by request")
                 ),
             )
         };
         self.line(&format!(
             "{}  {}  types {}{}  {}{}",
-            webhook.id,
-            self.paint(Style::new().bold(), &webhook.url),
-            webhook.types.join(","),
+            clean(&webhook.id),
+            self.paint(Style::new().bold(), &clean(&webhook.url)),
+            clean(&webhook.types.join(",")),
             webhook
                 .resource_type
                 .as_deref()
-                .map(|r| format!("  resourceType {r}"))
+                .map(|r| format!("  resourceType {}", clean(r)))
                 .unwrap_or_default(),
             state,
             webhook
                 .description
                 .as_deref()
-                .map(|d| format!("  {d}"))
+                .map(|d| format!("  {}", clean(d)))
                 .unwrap_or_default(),
         ))
     }
@@ -163,7 +231,7 @@ impl Printer {
         self.webhook(&created.webhook)?;
         self.line(&format!(
             "secret (shown only this once): {}",
-            self.paint(Style::new().bold(), &created.secret)
+            self.paint(Style::new().bold(), &clean(&created.secret))
         ))
     }
 
@@ -171,7 +239,7 @@ impl Printer {
         if self.json {
             return self.json_line(&serde_json::json!({"id": id, "deleted": true}));
         }
-        self.line(&format!("deleted {id}"))
+        self.line(&format!("deleted {}", clean(id)))
     }
 
     pub fn test_result(&self, result: &TestResult) -> std::io::Result<()> {
@@ -192,7 +260,7 @@ impl Printer {
             result
                 .error
                 .as_deref()
-                .map(|e| format!("  {e}"))
+                .map(|e| format!("  {}", clean(e)))
                 .unwrap_or_default(),
         ))
     }
@@ -210,24 +278,26 @@ impl Printer {
             format!(
                 "  last attempt #{} at {}: {}",
                 a.attempt,
-                a.attempted_at,
-                a.error.clone().unwrap_or_else(|| a
-                    .response_status
-                    .map_or_else(|| "-".to_owned(), |s| format!("HTTP {s}")))
+                clean(&a.attempted_at),
+                a.error.as_deref().map_or_else(
+                    || a.response_status
+                        .map_or_else(|| "-".to_owned(), |s| format!("HTTP {s}")),
+                    |e| clean(e).into_owned()
+                )
             )
         });
         self.line(&format!(
             "{}  {:<9}  {:<24}  event {}  {} attempts{}{}",
-            delivery.id,
-            self.paint(status_style, &delivery.status),
-            delivery.event_type,
-            delivery.event_id,
+            clean(&delivery.id),
+            self.paint(status_style, &clean(&delivery.status)),
+            clean(&delivery.event_type),
+            clean(&delivery.event_id),
             delivery.attempts.len(),
             last.unwrap_or_default(),
             delivery
                 .next_attempt_at
                 .as_deref()
-                .map(|t| format!("  next {t}"))
+                .map(|t| format!("  next {}", clean(t)))
                 .unwrap_or_default(),
         ))
     }
@@ -243,4 +313,84 @@ fn type_style(event_type: &str) -> Style {
         _ => AnsiColor::Cyan,
     };
     color.on_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an attacker may put in a name: an OSC 52 clipboard write, a screen clear, a bell,
+    /// a carriage return that hides what came before, C1 CSI, and a right-to-left override.
+    const HOSTILE: &str = "ok\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\r\u{9b}31m\u{202e}gpj.exe";
+
+    fn assert_inert(text: &str) {
+        // The only escapes left are the printer's own colours: `ESC [ … m` with digits.
+        let mut rest = text;
+        while let Some(at) = rest.find('\u{1b}') {
+            let tail = &rest[at + 1..];
+            let end = tail.find('m').expect("a colour sequence ends in m");
+            assert!(
+                tail.starts_with('[')
+                    && tail[1..end].chars().all(|c| c.is_ascii_digit() || c == ';'),
+                "a foreign escape reached the terminal: {text:?}"
+            );
+            rest = &tail[end..];
+        }
+        for c in ['\u{7}', '\r', '\u{9b}', '\u{202e}'] {
+            assert!(!text.contains(c), "{c:?} reached the terminal: {text:?}");
+        }
+    }
+
+    #[test]
+    fn clean_escapes_controls_and_keeps_everything_else() {
+        assert!(matches!(clean("plain – ünïcødé 🚀"), Cow::Borrowed(_)));
+        assert_eq!(
+            clean(HOSTILE),
+            "ok\\u{1b}]52;c;cm0gLXJmIH4=\\u{7}\\u{1b}[2J\\r\\u{9b}31m\\u{202e}gpj.exe"
+        );
+        assert_eq!(clean("a\nb\tc\u{7f}"), "a\\nb\\tc\\u{7f}");
+    }
+
+    #[test]
+    fn broker_text_is_printed_inert_in_readable_lines() {
+        let key: KeyInfo = serde_json::from_value(serde_json::json!({
+            "id": "k1", "role": "service", "organizationId": HOSTILE, "name": HOSTILE,
+            "prefix": "cpk_1234", "createdAt": "2026-05-01T12:00:00.000Z", "revokedAt": HOSTILE,
+        }))
+        .unwrap();
+        let webhook: Webhook = serde_json::from_value(serde_json::json!({
+            "id": "w1", "organizationId": "o", "url": format!("https://example.com/{HOSTILE}"),
+            "types": [HOSTILE], "resourceType": HOSTILE, "description": HOSTILE,
+            "enabled": false, "disabledReason": HOSTILE, "createdAt": "t",
+        }))
+        .unwrap();
+        let event: Event = serde_json::from_value(serde_json::json!({
+            "id": "e1", "type": "custom.a", "resourceId": HOSTILE, "resourceType": "t",
+            "organizationId": "o", "workspaceId": HOSTILE, "payload": {"note": "\u{9b}31m"},
+            "timestamp": "t",
+        }))
+        .unwrap();
+        let delivery: Delivery = serde_json::from_value(serde_json::json!({
+            "id": "d1", "eventId": "e1", "eventType": "custom.a", "status": "failed",
+            "nextAttemptAt": HOSTILE, "createdAt": "t",
+            "attempts": [{"attempt": 1, "responseStatus": null, "error": HOSTILE,
+                "durationMs": 3, "attemptedAt": "t"}],
+        }))
+        .unwrap();
+        let result: TestResult = serde_json::from_value(serde_json::json!({
+            "success": false, "responseStatus": 500, "error": HOSTILE, "durationMs": 3,
+        }))
+        .unwrap();
+        let printer = Printer::capturing();
+        printer.key(&key).unwrap();
+        printer.webhook(&webhook).unwrap();
+        printer.event(&event).unwrap();
+        printer.deleted(HOSTILE).unwrap();
+        printer.delivery(&delivery).unwrap();
+        printer.test_result(&result).unwrap();
+        let text = printer.captured();
+        assert_eq!(text.lines().count(), 6, "{text:?}");
+        assert_inert(&text);
+        assert!(text.contains("ok\\u{1b}]52;c;"), "{text:?}");
+    }
 }

@@ -280,7 +280,13 @@ async fn refusals_print_the_brokers_message_and_exit_non_zero() {
     ))
     .await;
     assert_eq!(unreachable.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the broker"));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot reach the broker"), "{stderr}");
+    // And why: the cause at the end of the error's chain.
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -349,6 +349,80 @@ async fn a_websocket_stream_survives_a_broker_crash_without_loss_or_duplicates()
     stream_survives_a_crash(true).await;
 }
 
+/// The broker's gauge of open streams of one transport (`sse` or `ws`), from its metrics.
+async fn open_streams(broker: &BrokerProcess, transport: &str) -> f64 {
+    let text = reqwest::get(broker.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("cpod_subscribers{{transport=\"{transport}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// A stream started live (no resume point) that drops before its first event: what is stored
+/// while it reconnects is yielded, once.
+async fn quiet_stream_survives_a_crash(websocket: bool) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let envs = [
+        ("CPOD_ADMIN_KEY", ADMIN_KEY),
+        ("CPOD_LISTEN", listen.as_str()),
+    ];
+    let mut broker = BrokerProcess::start(dir.path(), &envs);
+    let service = broker.key(ADMIN_KEY, "service").await;
+    let client = CpodClient::new(&broker.address, &service).unwrap();
+    let filter = Filter::new().types(["custom.*"]);
+    let options = StreamOptions::new().max_backoff(Duration::from_secs(2));
+    let mut stream = if websocket {
+        client.events().stream_ws_with(filter, options)
+    } else {
+        client.events().stream_with(filter, options)
+    };
+    // The first poll connects; wait until the broker holds the stream.
+    let started = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+    assert!(started.is_err(), "nothing to yield yet: {started:?}");
+    let transport = if websocket { "ws" } else { "sse" };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while open_streams(&broker, transport).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the stream connects");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    broker.kill_hard();
+    let broker = BrokerProcess::start(dir.path(), &envs);
+    let client = CpodClient::new(&broker.address, &service).unwrap();
+    // Stored while the stream waits to reconnect (its first delay is at least a second).
+    let missed = client.events().emit(&custom("missed")).await.unwrap();
+    assert_eq!(next_event(&mut stream).await.id, missed.id);
+    let live = client.events().emit(&custom("live")).await.unwrap();
+    assert_eq!(next_event(&mut stream).await.id, live.id);
+    let extra = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
+    assert!(
+        !matches!(extra, Ok(Some(Ok(StreamItem::Event(_))))),
+        "{extra:?}"
+    );
+    drop(broker);
+}
+
+#[tokio::test]
+async fn a_quiet_sse_stream_yields_what_was_stored_while_it_reconnected() {
+    quiet_stream_survives_a_crash(false).await;
+}
+
+#[tokio::test]
+async fn a_quiet_websocket_stream_yields_what_was_stored_while_it_reconnected() {
+    quiet_stream_survives_a_crash(true).await;
+}
+
 #[tokio::test]
 async fn a_stream_resumes_after_a_given_id_and_yields_a_reset_for_an_unknown_one() {
     let app = spawn_app().await;
