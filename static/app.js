@@ -296,6 +296,12 @@ function drawChart() {
   );
 }
 
+/**
+ * Counts the starts of the live view (and sign-outs): a `startLive` that finds it changed after
+ * an await has been superseded, and must neither touch the list nor open a stream.
+ */
+let liveGeneration = 0;
+
 function stopLive() {
   if (live.stream) live.stream.close();
   live.stream = null;
@@ -322,6 +328,9 @@ function openStream({ lastEventId, since } = {}) {
       },
       onReset: (reset) => {
         if (live.stream !== stream) return;
+        // The shown rows no longer lead to a resume point: a resume after a pause re-reads
+        // the last five minutes instead of asking for the unknown id (another reset).
+        live.lastEventId = null;
         setConnection('reset', 'reset — live');
         $('live-note').textContent =
           `The broker could not resume after ${reset.lastEventId} (${reset.reason}): events may be missing here; History has them all.`;
@@ -339,6 +348,8 @@ function openStream({ lastEventId, since } = {}) {
 
 /** Starts the live view afresh: the last five minutes from history, then the stream. */
 async function startLive() {
+  liveGeneration += 1;
+  const generation = liveGeneration;
   stopLive();
   live.seen.clear();
   live.buckets.clear();
@@ -357,11 +368,14 @@ async function startLive() {
       limit: 1000,
     });
   } catch (error) {
+    if (generation !== liveGeneration) return;
     setConnection('closed', 'disconnected');
     showMessage(describe(error), { retry: startLive });
     if (error instanceof CpodError && error.status === 401) signOut({ keepMessage: true });
     return;
   }
+  // Applied again, another organization chosen, or signed out while this page loaded.
+  if (generation !== liveGeneration) return;
   // Oldest first, so that the newest ends on top.
   const recent = [...page.data].reverse();
   for (const event of recent) countForChart(event);
@@ -794,6 +808,7 @@ function showSignIn() {
 }
 
 function signOut({ keepMessage = false } = {}) {
+  liveGeneration += 1;
   stopLive();
   sessionStorage.removeItem(KEY_STORAGE);
   client = null;

@@ -63,9 +63,11 @@
  * @property {(event: CpodEvent) => void} [onEvent] called for every event, before dispatch
  * @property {(state: StreamState) => void} [onStateChange]
  * @property {(reset: {reason: string, lastEventId: string}) => void} [onReset] the resume point
- *   was unknown or expired: events may have been missed, re-read history
- * @property {(error: CpodError) => void} [onError] a failure the stream cannot recover from
- *   (the key was revoked: 401; a filter the broker refuses: 400, 403); the stream is closed
+ *   was unknown or expired: events may have been missed, re-read history. The stream goes on
+ *   live; a reopened stream resumes from the time of the reset (not from the unknown id again)
+ * @property {(error: CpodError) => void} [onError] a failure the stream cannot recover from:
+ *   any 4xx answer but 408 and 429 (the key was revoked: 401; a filter or a `ticketTtlSeconds`
+ *   the broker refuses: 400; 403); the stream is closed
  * @property {number} [ticketTtlSeconds] lifetime of each stream ticket (default 3600)
  */
 
@@ -84,6 +86,22 @@ export class CpodError extends Error {
     this.code = code;
     this.param = param;
   }
+}
+
+/**
+ * Whether a failure is one that retrying cannot fix: every 4xx answer except 408 (Request
+ * Timeout) and 429 (Too Many Requests). A 5xx or an unreachable broker (status 0) may pass.
+ * @param {unknown} error
+ * @returns {boolean}
+ */
+function isPermanent(error) {
+  return (
+    error instanceof CpodError &&
+    error.status >= 400 &&
+    error.status < 500 &&
+    error.status !== 408 &&
+    error.status !== 429
+  );
 }
 
 /**
@@ -375,6 +393,8 @@ export class EventStream {
     this.closed = false;
     this.source = null;
     this.ticket = null;
+    /** The broker's clock minus this one's (ms), learnt from each ticket's `expiresAt`. */
+    this.clockOffsetMs = 0;
     this.retryTimer = null;
     this.failures = 0;
     this.opened = false;
@@ -400,10 +420,17 @@ export class EventStream {
   /** A ticket that is not about to expire, fetching one when needed. */
   async freshTicket() {
     if (this.ticket && this.ticket.expiresMs - Date.now() > 5000) return this.ticket.value;
-    const body = this.options.ticketTtlSeconds ? { ttlSeconds: this.options.ticketTtlSeconds } : undefined;
+    const ttlSeconds = this.options.ticketTtlSeconds;
+    const body = ttlSeconds ? { ttlSeconds } : undefined;
     const answer = await this.client.request('POST', '/v1/stream-tickets', { body });
     this.ticketsFetched += 1;
-    this.ticket = { value: answer.ticket, expiresMs: Date.parse(answer.expiresAt) };
+    const expiresMs = Date.parse(answer.expiresAt);
+    this.ticket = { value: answer.ticket, expiresMs };
+    // The broker issued the ticket at expiresAt - ttl by its clock, a little before this answer
+    // arrived: an offset that errs early (by the answer's latency), so that a `since` built
+    // from it may repeat an event rather than skip one.
+    const issuedMs = expiresMs - (ttlSeconds || 3600) * 1000;
+    if (Number.isFinite(issuedMs)) this.clockOffsetMs = issuedMs - Date.now();
     return answer.ticket;
   }
 
@@ -415,7 +442,8 @@ export class EventStream {
       ticket = await this.freshTicket();
     } catch (error) {
       if (this.closed) return;
-      if (error instanceof CpodError && (error.status === 401 || error.status === 403)) {
+      if (isPermanent(error)) {
+        // A revoked key, a refused ticketTtlSeconds…: asking again gets the same answer.
         this.close();
         if (this.options.onError) this.options.onError(error);
         return;
@@ -430,6 +458,9 @@ export class EventStream {
     else if (this.since) query.set('since', this.since);
     const source = new EventSource(`${this.client.baseUrl}/v1/events/stream?${query}`);
     this.source = source;
+    // Set by a `reset` until the next event: the URL of this source still names the unknown
+    // resume point, so the browser's own reconnect would only get another reset.
+    let resumePointGone = false;
     source.onopen = () => {
       if (this.source !== source) return;
       this.opened = true;
@@ -445,6 +476,8 @@ export class EventStream {
         return;
       }
       this.lastEventId = message.lastEventId || event.id;
+      // From now on the browser's reconnects send Last-Event-ID, which wins over the URL.
+      resumePointGone = false;
       if (this.options.onEvent) this.options.onEvent(event);
       this.client.events.dispatch(event);
     };
@@ -456,6 +489,11 @@ export class EventStream {
       } catch {
         // keep the default description
       }
+      // The broker went on live from now: a reopened stream resumes from this time (by the
+      // broker's clock), not from the unknown id, which would only get another reset.
+      this.lastEventId = null;
+      this.since = new Date(Date.now() + this.clockOffsetMs).toISOString();
+      resumePointGone = true;
       if (this.options.onReset) this.options.onReset(reset);
     });
     source.onerror = () => {
@@ -467,6 +505,11 @@ export class EventStream {
         this.source = null;
         this.ticket = null;
         this.recover();
+      } else if (resumePointGone) {
+        // The browser would reconnect to the URL with the unknown id: reopen from `since`.
+        source.close();
+        this.source = null;
+        this.open();
       } else {
         // The browser reconnects by itself and sends Last-Event-ID.
         this.setState('reconnecting');
@@ -476,8 +519,8 @@ export class EventStream {
 
   /**
    * After a refused stream: asks history with the same filter (one event) to learn whether
-   * the key and the filter are still good. A 4xx ends the stream with `onError`; otherwise
-   * (an expired ticket, a broker that is down) the stream reopens.
+   * the key and the filter are still good. A 4xx (but 408 and 429) ends the stream with
+   * `onError`; otherwise (an expired ticket, a broker that is down) the stream reopens.
    */
   async recover() {
     try {
@@ -486,7 +529,7 @@ export class EventStream {
       await this.client.request('GET', '/v1/events', { query });
     } catch (error) {
       if (this.closed) return;
-      if (error instanceof CpodError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+      if (isPermanent(error)) {
         this.close();
         if (this.options.onError) this.options.onError(error);
         return;

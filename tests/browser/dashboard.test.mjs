@@ -305,6 +305,57 @@ await step('pause, POST, resume shows the missed events in order', async () => {
   await expectConnection('live');
 });
 
+await step('live view: a start that is overtaken (Apply twice, sign-out) while history loads changes nothing', async () => {
+  // The history request of the live view (limit=1000) of the next start is held for 1.5 s.
+  let hold = 0;
+  const isLiveHistory = (url) => url.pathname === '/v1/events' && url.searchParams.get('limit') === '1000';
+  await page.route(isLiveHistory, async (route) => {
+    if (hold > 0) {
+      hold -= 1;
+      await sleep(1500);
+    }
+    await route.continue().catch(() => {});
+  });
+  try {
+    const a = await emit(serviceKey, { type: 'custom.racea.one', resourceId: 'ra-1', resourceType: 'race' });
+    const b = await emit(serviceKey, { type: 'custom.raceb.one', resourceId: 'rb-1', resourceType: 'race' });
+    hold = 1;
+    await page.fill('#live-filters input[name=types]', 'custom.racea.*');
+    await page.click('#live-filters button[type=submit]');
+    await page.fill('#live-filters input[name=types]', 'custom.raceb.*');
+    await page.click('#live-filters button[type=submit]');
+    await page.waitForSelector(`#live-events li[data-id="${b.id}"]`, { timeout: 5000 });
+    await sleep(2000); // the held request of the first Apply has been answered by now
+    await expectConnection('live');
+    assert.deepEqual(await liveIds(), [b.id], `the first Apply added nothing (not ${a.id})`);
+    const lastStream = streamUrls[streamUrls.length - 1];
+    assert.equal(new URL(lastStream).searchParams.get('types'), 'custom.raceb.*', lastStream);
+    const a2 = await emit(serviceKey, { type: 'custom.racea.two', resourceId: 'ra-2', resourceType: 'race' });
+    const b2 = await emit(serviceKey, { type: 'custom.raceb.two', resourceId: 'rb-2', resourceType: 'race' });
+    await page.waitForSelector(`#live-events li[data-id="${b2.id}"]`, { timeout: 5000 });
+    await sleep(500);
+    assert.deepEqual(await liveIds(), [b2.id, b.id], `only the second filter's stream is open (not ${a2.id})`);
+
+    // Signing out while the history loads: nothing is added afterwards, no stream, no error.
+    const errorsBefore = pageErrors().length;
+    const streamsBefore = streamUrls.length;
+    hold = 1;
+    await page.fill('#live-filters input[name=types]', '');
+    await page.click('#live-filters button[type=submit]');
+    await page.click('#sign-out');
+    await page.waitForSelector('#sign-in:not([hidden])');
+    await sleep(2000);
+    assert.deepEqual(pageErrors().slice(errorsBefore), []);
+    assert.equal(await page.$$eval('#live-events li', (rows) => rows.length), 0);
+    assert.equal(streamUrls.length, streamsBefore, 'no stream opened after signing out');
+  } finally {
+    await page.unroute(isLiveHistory);
+  }
+  await signIn(page, serviceKey);
+  await page.waitForSelector('#identity:not([hidden])');
+  await expectConnection('live');
+});
+
 await step('the broker restarts; the page reconnects and shows every event from after the restart', async () => {
   const before = (await emit(serviceKey, { type: 'custom.restart.before', resourceId: 'r-0', resourceType: 'restart' })).id;
   await page.waitForSelector(`#live-events li[data-id="${before}"]`, { timeout: 5000 });
@@ -521,6 +572,76 @@ await step('SDK stream: dispatches to subscriptions, renews an expired ticket an
   assert.deepEqual(state.resets, [{ reason: 'unknown_last_event_id', lastEventId: '01900000-0000-7000-8000-000000000000' }]);
 });
 
+await step('SDK stream: a ticket request the broker refuses for good ends the stream with onError', async () => {
+  const result = await page.evaluate(async ({ key }) => {
+    const { CpodClient } = await import('/sdk.js');
+    const states = [];
+    let reported;
+    const onError = new Promise((resolve) => (reported = resolve));
+    const stream = new CpodClient({ apiKey: key }).events.stream({}, {
+      ticketTtlSeconds: 100000, // over the broker's maximum of 86400: a 400, every time
+      onStateChange: (s) => states.push(s),
+      onError: (e) => reported({ status: e.status, code: e.code, param: e.param }),
+    });
+    const error = await Promise.race([onError, new Promise((resolve) => setTimeout(() => resolve('no onError within 5 s'), 5000))]);
+    const out = { error, state: stream.state, states, tickets: stream.ticketsFetched };
+    stream.close();
+    return out;
+  }, { key: serviceKey });
+  assert.deepEqual(result.error, { status: 400, code: 'invalid_request', param: 'ttlSeconds' });
+  assert.equal(result.state, 'closed');
+  assert.deepEqual(result.states, ['closed'], 'never "reconnecting"');
+  assert.equal(result.tickets, 0);
+});
+
+await step('SDK stream: after a reset, renewals and reconnects resume from the reset time, with no second reset', async () => {
+  const unknown = '01900000-0000-7000-8000-000000000001';
+  const firstUrl = streamUrls.length;
+  const t0 = Date.now();
+  await page.evaluate(async ({ key, unknown }) => {
+    const { CpodClient } = await import('/sdk.js');
+    const state = { received: [], states: [], resets: [], resetAt: null };
+    window.resetTest = state;
+    state.stream = new CpodClient({ apiKey: key }).events.stream({ types: ['custom.reset2.*'] }, {
+      lastEventId: unknown,
+      ticketTtlSeconds: 2,
+      onEvent: (e) => state.received.push(e.resourceId),
+      onStateChange: (s) => state.states.push(s),
+      onReset: (r) => {
+        state.resets.push(r);
+        state.resetAt = Date.now();
+      },
+    });
+  }, { key: serviceKey, unknown });
+  await page.waitForFunction(() => window.resetTest.resets.length === 1, null, { timeout: 5000 });
+  // Two expired tickets: each time the broker ends the stream, refuses the reconnect, and the
+  // SDK fetches a new ticket and reopens. Nothing was received since the reset.
+  await page.waitForFunction(
+    () => window.resetTest.stream.ticketsFetched >= 3 && window.resetTest.stream.state === 'live',
+    null,
+    { timeout: 20000 },
+  );
+  const event = await emit(serviceKey, { type: 'custom.reset2.after', resourceId: 'r2', resourceType: 'reset2' });
+  await page.waitForFunction(() => window.resetTest.received.includes('r2'), null, { timeout: 5000 });
+  const state = await page.evaluate(() => {
+    const s = window.resetTest;
+    const out = { received: s.received, resets: s.resets, resetAt: s.resetAt, lastEventId: s.stream.lastEventId };
+    s.stream.close();
+    return out;
+  });
+  assert.deepEqual(state.resets, [{ reason: 'unknown_last_event_id', lastEventId: unknown }], 'one reset only');
+  assert.deepEqual(state.received, ['r2']);
+  assert.equal(state.lastEventId, event.id);
+  const urls = streamUrls.slice(firstUrl).filter((u) => u.includes('custom.reset2')).map((u) => new URL(u).searchParams);
+  assert.ok(urls.length >= 3, `the stream was opened at least three times (${urls.length})`);
+  assert.equal(urls[0].get('lastEventId'), unknown);
+  for (const query of urls.slice(1)) {
+    assert.equal(query.get('lastEventId'), null, 'the unknown id is not asked for again');
+    const since = Date.parse(query.get('since'));
+    assert.ok(since >= t0 - 1000 && since <= state.resetAt + 1000, `since is the time of the reset (${query.get('since')})`);
+  }
+});
+
 await step('the SDK module also works in Node with CpodClient.fromEnv()', async () => {
   const { CpodClient } = await import(pathToFileURL(path.join(HERE, '../../static/sdk.js')).href);
   const client = CpodClient.fromEnv({ CPOD_BASE_URL: base, CPOD_API_KEY: serviceKey });
@@ -706,6 +827,26 @@ await step('resuming after an event that has expired shows the reset state and g
   await page.click('#pause');
   await expectConnection('reset');
   assert.match(await page.textContent('#live-note'), new RegExp(`could not resume after ${last.id} \\(unknown_last_event_id\\)`));
+  // A reconnect (the broker restarts) resumes from the time of the reset, not from the unknown
+  // id again: no second reset.
+  let since = streamUrls.length;
+  await broker.stop();
+  await broker.start({ CPOD_RETENTION: '1s' });
+  await expectConnection('live', 15000);
+  await sleep(1500);
+  assert.equal(await page.getAttribute('#connection', 'data-state'), 'live', 'no second reset after a reconnect');
+  const reopened = streamUrls.slice(since);
+  assert.ok(reopened.length > 0 && reopened.every((u) => !u.includes('lastEventId=') && u.includes('since=')), reopened.join('\n'));
+  // Neither does a pause and a resume.
+  since = streamUrls.length;
+  await page.click('#pause');
+  await expectConnection('paused');
+  await page.click('#pause');
+  await expectConnection('live');
+  await sleep(1500);
+  assert.equal(await page.getAttribute('#connection', 'data-state'), 'live', 'no second reset after a resume');
+  const resumed = streamUrls.slice(since);
+  assert.ok(resumed.length > 0 && resumed.every((u) => !u.includes(last.id)), resumed.join('\n'));
   const fresh = await emit(serviceKey, { type: 'custom.reset.after', resourceId: 'z-2', resourceType: 'reset' });
   await page.waitForSelector(`#live-events li[data-id="${fresh.id}"]`, { timeout: 5000 });
 });
