@@ -238,7 +238,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
             // A/B, B/A, A/B…, and the other way round in every other scenario, so that whatever
             // the first run of a scenario pays (the load generator's own warm-up) falls on each
             // server as often.
-            let order = if (pass + index) % 2 == 0 { [0, 1] } else { [1, 0] };
+            let order = if (pass + index) % 2 == 0 {
+                [0, 1]
+            } else {
+                [1, 0]
+            };
             for which in order {
                 let peer = [&cpod, &nchan][which];
                 let channel_pass = format!("p{pass}");
