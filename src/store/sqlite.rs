@@ -116,8 +116,11 @@ fn watch_wal(conn: &mut Connection, wal: Arc<WalState>) -> rusqlite::Result<()> 
     conn.wal_hook(Some(move |log: &mut rusqlite::hooks::Wal, pages: i32| {
         wal.pages.store(pages, Relaxed);
         wal.commits.fetch_add(1, Relaxed);
+        // Busy: the checkpointer is at it already, which is as good.
         if pages >= WRITER_CHECKPOINT_PAGES
             && let Err(e) = log.checkpoint()
+            && e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy)
+            && e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseLocked)
         {
             tracing::warn!(error = %e, "WAL checkpoint by the writer failed");
         }
@@ -128,10 +131,10 @@ fn watch_wal(conn: &mut Connection, wal: Arc<WalState>) -> rusqlite::Result<()> 
 /// Checkpoints the WAL from its own connection and thread, so that the writer seldom stalls on
 /// copying pages and fsyncing the database file. A PASSIVE checkpoint never blocks the writer or
 /// readers. It runs once the WAL holds [`BACKGROUND_CHECKPOINT_PAGES`], or once a commit has waited
-/// [`CHECKPOINT_MAX_AGE`]: not on a short fixed period, because each checkpoint fsyncs the
-/// database file, and that fsync, landing beside the writer's WAL fsync on the same file system,
-/// is what made rare commits take 30–250 ms at light load (measured: `cpod_store_commit_seconds`
-/// and a light fan-out's p99 of 120 ms with a 500 ms period, 3 ms without; BENCHMARKS.md).
+/// [`CHECKPOINT_MAX_AGE`]: each checkpoint fsyncs the database file beside the writer's WAL
+/// fsyncs, so at light load one every 10 s rather than two a second (the period this replaced).
+/// Rare 30–250 ms commits at light load (`cpod_store_commit_seconds`) remained after the change:
+/// the disk's own fsync latency (BENCHMARKS.md).
 fn run_checkpointer(conn: Connection, wal: Arc<WalState>, stop: std::sync::mpsc::Receiver<()>) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut checkpointed_commits = 0;
