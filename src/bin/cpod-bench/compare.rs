@@ -18,9 +18,10 @@ use tokio::time::Instant;
 use super::BrokerArgs;
 use super::charts::{self, Series};
 use super::fanout::{
-    self, FanoutFigures, FanoutSpec, Percentiles, Transport, open_subscribers, publish_closed_loop,
+    self, FanoutFigures, FanoutSpec, Percentiles, RequestShape, Transport, open_subscribers,
+    publish_closed_loop,
 };
-use super::peer::{Endpoint, Peer, nchan_installation};
+use super::peer::{Peer, nchan_installation};
 use super::solo::{self, SoloFigures};
 
 #[derive(Args, Clone)]
@@ -350,8 +351,7 @@ async fn run_load(
                 connections,
                 Duration::from_secs(1),
                 args.publish_duration,
-                300,
-                &Endpoint::event_type(&channel),
+                &RequestShape::single(&endpoint, 300),
                 || cpu.push(peer.cpu_seconds()),
             )
             .await?;

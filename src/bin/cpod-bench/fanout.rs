@@ -365,6 +365,23 @@ impl Watch<'_> {
     }
 }
 
+/// Hands each line of every complete SSE message in `buffer` to `on_line`, and leaves the
+/// incomplete rest in `buffer`.
+pub fn sse_lines(
+    buffer: &mut BytesMut,
+    mut on_line: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut start = 0;
+    while let Some(end) = memchr::memmem::find(&buffer[start..], b"\n\n") {
+        for line in buffer[start..start + end].split(|&b| b == b'\n') {
+            on_line(line)?;
+        }
+        start += end + 2;
+    }
+    let _ = buffer.split_to(start);
+    Ok(())
+}
+
 async fn subscribe_sse(
     endpoint: &Endpoint,
     watch: &Watch<'_>,
@@ -416,14 +433,12 @@ async fn subscribe_sse(
             continue;
         };
         buffer.extend_from_slice(&chunk);
-        while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-            let message = buffer.split_to(end + 2);
-            for line in message[..].split(|&b| b == b'\n') {
-                if let Some(data) = line.strip_prefix(b"data: ") {
-                    tally.record(data);
-                }
+        sse_lines(&mut buffer, |line| {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                tally.record(data);
             }
-        }
+            Ok(())
+        })?;
         watch.check_done(tally, &mut counted);
     }
 }
@@ -553,7 +568,6 @@ pub struct Publishing {
     pub total: u64,
     pub connections: usize,
     pub event_bytes: usize,
-    pub event_type: String,
 }
 
 /// Publishes `total` events, event i at `start + i / rate`, from several connections (lane
@@ -570,14 +584,13 @@ pub async fn publish(endpoint: &Endpoint, plan: &Publishing) -> anyhow::Result<(
             plan.rate,
             plan.connections as u64,
         );
-        let event_type = plan.event_type.clone();
         tasks.push(tokio::spawn(async move {
             let mut publisher = Publisher::connect(&endpoint).await?;
             let mut seq = lane;
             while seq < total {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / rate)).await;
                 if !publisher
-                    .publish(bench_event(&event_type, seq, &filler))
+                    .publish(bench_event(&endpoint.event_type, seq, &filler))
                     .await?
                 {
                     bail!("{} refused a publish", endpoint.name);
@@ -595,60 +608,86 @@ pub async fn publish(endpoint: &Endpoint, plan: &Publishing) -> anyhow::Result<(
 
 /// What closed-loop publishing achieved.
 pub struct ClosedLoop {
-    /// Acknowledged in the measured window.
+    /// Events acknowledged in the measured window.
     pub events: u64,
-    /// Acknowledged in any phase, warm-up included.
+    /// Events acknowledged in any phase, warm-up included.
     pub acknowledged: u64,
+    /// Requests refused in the measured window.
     pub errors: u64,
     pub elapsed: f64,
+    /// Request latencies in the measured window.
     pub latencies: Histogram<u64>,
 }
 
-/// Publishes single events as fast as the server acknowledges them, from `connections`
-/// keep-alive connections, for `warmup` then a measured `duration`. `on_window` runs at the
-/// start and end of the measured window (e.g. to read the server's CPU time).
+impl Default for ClosedLoop {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            acknowledged: 0,
+            errors: 0,
+            elapsed: 0.0,
+            latencies: new_histogram(),
+        }
+    }
+}
+
+/// What each closed-loop request posts: `path`, and a body of `events` events made from the
+/// lane's next sequence number.
+#[derive(Clone)]
+pub struct RequestShape {
+    pub path: String,
+    pub events: u64,
+    pub body: Arc<dyn Fn(u64) -> Bytes + Send + Sync>,
+}
+
+impl RequestShape {
+    /// One bench event per request to the endpoint's publishing path.
+    pub fn single(endpoint: &Endpoint, event_bytes: usize) -> RequestShape {
+        let (event_type, filler) = (endpoint.event_type.clone(), filler(event_bytes));
+        RequestShape {
+            path: endpoint.publish_path.clone(),
+            events: 1,
+            body: Arc::new(move |seq| bench_event(&event_type, seq, &filler)),
+        }
+    }
+}
+
+/// Publishes as fast as the server acknowledges, from `connections` keep-alive connections, for
+/// `warmup` then a measured `duration`. `on_window` runs at the start and end of the measured
+/// window (e.g. to read the server's CPU time). Events count as acknowledged on a 2xx.
 pub async fn publish_closed_loop(
     endpoint: &Endpoint,
     connections: usize,
     warmup: Duration,
     duration: Duration,
-    event_bytes: usize,
-    event_type: &str,
+    shape: &RequestShape,
     mut on_window: impl FnMut(),
 ) -> anyhow::Result<ClosedLoop> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let filler = filler(event_bytes);
     let mut tasks = Vec::new();
     for lane in 0..connections as u64 {
-        let (endpoint, measuring, stop, filler) = (
+        let (endpoint, measuring, stop, shape) = (
             endpoint.clone(),
             measuring.clone(),
             stop.clone(),
-            filler.clone(),
+            shape.clone(),
         );
-        let event_type = event_type.to_owned();
         let lanes = connections as u64;
         tasks.push(tokio::spawn(async move {
             let mut publisher = Publisher::connect(&endpoint).await?;
-            let mut result = ClosedLoop {
-                events: 0,
-                acknowledged: 0,
-                errors: 0,
-                elapsed: 0.0,
-                latencies: new_histogram(),
-            };
-            let mut seq = lane;
+            let mut result = ClosedLoop::default();
+            // Lane `lane` numbers its requests lane, lane + lanes, …; request r carries the
+            // events r × events up to (r + 1) × events − 1, so no two lanes share a number.
+            let mut seq = lane * shape.events;
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let ok = publisher
-                    .publish(bench_event(&event_type, seq, &filler))
-                    .await?;
-                seq += lanes;
-                result.acknowledged += ok as u64;
+                let ok = publisher.post(&shape.path, (shape.body)(seq)).await?;
+                seq += lanes * shape.events;
+                result.acknowledged += ok as u64 * shape.events;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
-                        result.events += 1;
+                        result.events += shape.events;
                         let _ = result
                             .latencies
                             .record((started.elapsed().as_micros() as u64).max(1));
@@ -670,11 +709,8 @@ pub async fn publish_closed_loop(
     on_window();
     stop.store(true, Ordering::Relaxed);
     let mut total = ClosedLoop {
-        events: 0,
-        acknowledged: 0,
-        errors: 0,
         elapsed,
-        latencies: new_histogram(),
+        ..ClosedLoop::default()
     };
     for task in tasks {
         let lane = task.await??;
@@ -772,7 +808,6 @@ pub async fn measure(
             total,
             connections: spec.publishers,
             event_bytes: spec.event_bytes,
-            event_type: Endpoint::event_type(&spec.channel),
         },
     )
     .await?;
@@ -928,6 +963,26 @@ mod tests {
             );
         }
         assert!(read_delivery(cpod).unwrap().id.is_some());
+    }
+
+    #[test]
+    fn sse_lines_come_only_from_whole_messages_across_chunks() {
+        let mut buffer = BytesMut::new();
+        let mut lines = Vec::new();
+        for chunk in ["retry: 3000\n\nid: a\nda", "ta: {}\n\nid: b\n", "data: x\n"] {
+            buffer.extend_from_slice(chunk.as_bytes());
+            sse_lines(&mut buffer, |line| {
+                lines.push(String::from_utf8(line.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(lines, ["retry: 3000", "id: a", "data: {}"]);
+        assert_eq!(
+            &buffer[..],
+            b"id: b\ndata: x\n",
+            "the unfinished message waits"
+        );
     }
 
     #[test]

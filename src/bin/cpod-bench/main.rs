@@ -18,16 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod charts;
@@ -219,122 +214,61 @@ async fn create_key(base: &str, admin: &str, role: &str) -> anyhow::Result<Strin
         .context("no key in the answer")
 }
 
-/// One event body of about `size` bytes once stored.
-fn event_body(size: usize, worker: usize, seq: u64) -> Value {
+/// One `pod.started` event of about `size` bytes once stored; each has its own resource.
+fn event_body(size: usize, seq: u64) -> Value {
     let filler = "x".repeat(size.saturating_sub(250));
     json!({
         "type": "pod.started",
-        "resourceId": format!("pod-{worker}-{seq}"),
+        "resourceId": format!("pod-{seq}"),
         "resourceType": "pod",
         "workspaceId": "ws-bench",
-        "payload": {"worker": worker, "seq": seq, "node": "node-1", "filler": filler},
+        "payload": {"seq": seq, "node": "node-1", "filler": filler},
     })
-}
-
-struct WorkerResult {
-    latencies: Histogram<u64>,
-    events: u64,
-    errors: u64,
-    /// Events acknowledged with 201 in any phase, warm-up included.
-    acknowledged: u64,
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let (broker, base, admin) = broker_for(&args.broker)?;
     let key = create_key(&base, &admin, "service").await?;
-    let authority = base.trim_start_matches("http://").to_owned();
-    let path = if args.batch > 1 {
-        "/v1/events/batch"
-    } else {
-        "/v1/events"
-    };
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-
-    let mut workers = Vec::new();
-    for worker in 0..args.connections {
-        let (authority, key, measuring, stop) = (
-            authority.clone(),
-            key.clone(),
-            measuring.clone(),
-            stop.clone(),
-        );
-        let args = args.clone();
-        workers.push(tokio::spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&authority).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let mut result = WorkerResult {
-                latencies: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-                events: 0,
-                errors: 0,
-                acknowledged: 0,
+    let endpoint = peer::Endpoint::cpod(&base, &key, &key);
+    let (size, batch) = (args.event_bytes, args.batch);
+    let shape = fanout::RequestShape {
+        path: if batch > 1 {
+            "/v1/events/batch"
+        } else {
+            "/v1/events"
+        }
+        .into(),
+        events: batch as u64,
+        body: Arc::new(move |seq| {
+            let body = if batch > 1 {
+                let events: Vec<Value> = (0..batch as u64)
+                    .map(|i| event_body(size, seq + i))
+                    .collect();
+                json!({ "events": events })
+            } else {
+                event_body(size, seq)
             };
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let body = if args.batch > 1 {
-                    let events: Vec<Value> = (0..args.batch)
-                        .map(|i| event_body(args.event_bytes, worker, seq + i as u64))
-                        .collect();
-                    json!({"events": events})
-                } else {
-                    event_body(args.event_bytes, worker, seq)
-                };
-                seq += args.batch as u64;
-                let request = Request::post(path)
-                    .header("host", &authority)
-                    .header("authorization", format!("Bearer {key}"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
-                let started = Instant::now();
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                let micros = started.elapsed().as_micros() as u64;
-                if status.as_u16() == 201 {
-                    result.acknowledged += args.batch as u64;
-                }
-                if measuring.load(Ordering::Relaxed) {
-                    if status.as_u16() == 201 {
-                        result.events += args.batch as u64;
-                        result.latencies.record(micros.max(1))?;
-                    } else {
-                        result.errors += 1;
-                    }
-                }
-            }
-            anyhow::Ok(result)
-        }));
-    }
-
-    tokio::time::sleep(args.warmup).await;
+            Bytes::from(body.to_string())
+        }),
+    };
     let pid = broker.as_ref().map(|b| b.child.id());
-    let cpu_before = pid.and_then(cpu_seconds);
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(args.duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu_after = pid.and_then(cpu_seconds);
-    stop.store(true, Ordering::Relaxed);
-
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut events, mut errors, mut acknowledged) = (0, 0, 0);
-    for worker in workers {
-        let result = worker.await??;
-        latencies.add(&result.latencies)?;
-        events += result.events;
-        errors += result.errors;
-        acknowledged += result.acknowledged;
-    }
-    let rate = events as f64 / elapsed;
+    let mut cpu = Vec::new();
+    let outcome = fanout::publish_closed_loop(
+        &endpoint,
+        args.connections,
+        args.warmup,
+        args.duration,
+        &shape,
+        || cpu.extend(pid.and_then(cpu_seconds)),
+    )
+    .await?;
+    let (events, latencies) = (outcome.events, &outcome.latencies);
+    let elapsed = outcome.elapsed;
     println!(
         "scenario      ingest: {} connections, {} event(s) per request, ~{} B per event, sync={}",
         args.connections, args.batch, args.event_bytes, args.broker.sqlite_sync
     );
-    println!("events/s      {rate:.0}");
+    println!("events/s      {:.0}", events as f64 / elapsed);
     println!("requests/s    {:.0}", latencies.len() as f64 / elapsed);
     println!(
         "latency       p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
@@ -342,8 +276,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         latencies.value_at_quantile(0.99) as f64 / 1000.0,
         latencies.max() as f64 / 1000.0
     );
-    println!("errors        {errors}");
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+    println!("errors        {}", outcome.errors);
+    if let [before, after] = cpu[..] {
         println!(
             "broker CPU    {:.1} ms per 1,000 events ({:.0}% of one core)",
             (after - before) * 1e6 / events.max(1) as f64,
@@ -359,6 +293,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         println!("commit groups {mean:.1} events per commit on average");
     }
     if broker.is_some() {
+        let acknowledged = outcome.acknowledged;
         let stored = count_stored(&base, &key).await?;
         println!("stored        {stored} events of {acknowledged} acknowledged (warm-up included)");
         if stored < acknowledged {

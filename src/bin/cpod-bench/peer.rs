@@ -39,6 +39,8 @@ pub struct Endpoint {
     /// The `Authorization` header value for publishing, if the server wants one.
     pub publish_auth: Option<String>,
     pub sse_path: String,
+    /// The type of the events published here (cPod's subscribers filter on it; nchan ignores it).
+    pub event_type: String,
     pub ws_path: String,
     pub subscribe_auth: Option<String>,
     pub ws_framing: WsFraming,
@@ -53,6 +55,7 @@ impl Endpoint {
             publish_path: "/v1/events".into(),
             publish_auth: Some(format!("Bearer {service_key}")),
             sse_path: "/v1/events/stream?types=custom.bench".into(),
+            event_type: "custom.bench".into(),
             ws_path: "/v1/events/ws".into(),
             subscribe_auth: Some(format!("Bearer {reader_key}")),
             ws_framing: WsFraming::CpodEnvelope,
@@ -63,9 +66,10 @@ impl Endpoint {
     /// type (cPod), so that scenarios run one after another never see each other's messages.
     pub fn channel(&self, channel: &str) -> Endpoint {
         let mut endpoint = self.clone();
+        endpoint.event_type = format!("custom.{channel}");
         match self.ws_framing {
             WsFraming::CpodEnvelope => {
-                endpoint.sse_path = format!("/v1/events/stream?types=custom.{channel}");
+                endpoint.sse_path = format!("/v1/events/stream?types={}", endpoint.event_type);
             }
             WsFraming::Raw => {
                 endpoint.publish_path = format!("/pub/{channel}");
@@ -76,25 +80,13 @@ impl Endpoint {
         endpoint
     }
 
-    /// The event type published on `channel` (cPod filters on it; nchan ignores it).
-    pub fn event_type(channel: &str) -> String {
-        format!("custom.{channel}")
-    }
-
     /// The first WebSocket frame a subscriber sends, if the server needs one.
     pub fn ws_subscribe_frame(&self) -> Option<String> {
         match self.ws_framing {
-            WsFraming::CpodEnvelope => {
-                let types = self
-                    .sse_path
-                    .split("types=")
-                    .nth(1)
-                    .unwrap_or("custom.bench");
-                Some(
-                    serde_json::json!({"op": "subscribe", "id": "b", "filter": {"types": [types]}})
-                        .to_string(),
-                )
-            }
+            WsFraming::CpodEnvelope => Some(
+                serde_json::json!({"op": "subscribe", "id": "b", "filter": {"types": [self.event_type]}})
+                    .to_string(),
+            ),
             WsFraming::Raw => None,
         }
     }
@@ -204,6 +196,7 @@ impl Peer {
                 publish_path: "/pub/bench".into(),
                 publish_auth: None,
                 sse_path: "/sub/bench".into(),
+                event_type: "custom.bench".into(),
                 ws_path: "/sub/bench".into(),
                 subscribe_auth: None,
                 ws_framing: WsFraming::Raw,

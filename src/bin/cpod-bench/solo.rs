@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::compare::number;
 use super::fanout::{
     self, FanoutFigures, FanoutSpec, Percentiles, Publisher, Publishing, Tally, Transport,
-    open_subscribers_held,
+    open_subscribers_held, sse_lines,
 };
-use super::peer::{Endpoint, Peer};
+use super::peer::Peer;
 
 #[derive(Serialize)]
 pub struct SoloFigures {
@@ -275,23 +275,16 @@ async fn replay(peer: &Peer, events: u64) -> anyhow::Result<ReplayFigures> {
             continue;
         };
         buffer.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(end) = buffer[start..].windows(2).position(|w| w == b"\n\n") {
-            let message = &buffer[start..start + end];
-            for line in message.split(|&b| b == b'\n') {
-                if let Some(data) = line.strip_prefix(b"data: ") {
-                    if first.is_none() {
-                        first = Some(started.elapsed());
-                    }
-                    tally.record(data);
-                }
-                if line.starts_with(b"event: reset") {
-                    bail!("the broker answered the replay with a reset");
-                }
+        sse_lines(&mut buffer, |line| {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                first.get_or_insert_with(|| started.elapsed());
+                tally.record(data);
             }
-            start += end + 2;
-        }
-        let _ = buffer.split_to(start);
+            if line.starts_with(b"event: reset") {
+                bail!("the broker answered the replay with a reset");
+            }
+            Ok(())
+        })?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let reader_cpu = super::cpu_seconds(std::process::id())
@@ -367,7 +360,6 @@ async fn slow_beside_fast(peer: &Peer) -> anyhow::Result<SlowFigures> {
                         total,
                         connections: PUBLISHERS,
                         event_bytes: EVENT_BYTES,
-                        event_type: Endpoint::event_type(channel),
                     },
                 )
                 .await;

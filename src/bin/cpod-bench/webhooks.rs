@@ -117,7 +117,6 @@ pub async fn run(args: WebhookArgs) -> anyhow::Result<()> {
             total,
             connections: args.publishers,
             event_bytes: args.event_bytes,
-            event_type: "custom.bench".into(),
         },
     )
     .await?;
