@@ -1,120 +1,28 @@
-//! API keys, roles and the [`Principal`] extractor (contract §2).
+//! Authentication (contract §2): bearer keys and stream tickets become a [`Principal`], who may
+//! then do what its role allows in its organization.
 //!
-//! A key is `cpk_` + 43 URL-safe random characters (32 bytes of entropy) and is stored only as
-//! its SHA-256 (a fast hash is right for secrets with this much entropy). Authenticated keys are
-//! cached for [`CACHE_TTL`]; revoking a key on this node evicts it at once. The per-key rate
-//! limit is checked here too, so every authenticated endpoint is covered.
+//! Authenticated keys are cached for [`CACHE_TTL`]. A revocation evicts the key at once on the
+//! node that took it, and on every node when the commit feed brings it ([`follow_revocations`]).
+//! The per-key rate limit is checked here too, so every authenticated endpoint is covered. The
+//! HTTP extractor that calls this lives in `http::state`.
 
 use std::num::NonZeroU32;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
-use futures_util::future::LocalBoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::event::{EventType, Namespace, OrganizationId};
+use crate::event::OrganizationId;
 use crate::filter::OrgScope;
-use crate::startup::AppState;
-use crate::store::{KeyRecord, Store};
+use crate::keys::{KeyRecord, Role, hash_secret};
+use crate::store::{Change, FeedReader, Store, StoreError};
 use crate::tickets::{TicketClaims, TicketSigner};
 
-pub const KEY_PREFIX: &str = "cpk_";
 /// How long an authenticated key is trusted without asking the store again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Service,
-    App,
-    Reader,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Service => "service",
-            Role::App => "app",
-            Role::Reader => "reader",
-        }
-    }
-
-    /// Whether this role may emit events of this type (contract §1's catalogue).
-    pub fn may_emit(self, event_type: &EventType) -> bool {
-        match event_type.namespace() {
-            Namespace::Credential => false,
-            Namespace::Custom => matches!(self, Role::Admin | Role::Service | Role::App),
-            Namespace::Person | Namespace::Pod | Namespace::Job => {
-                matches!(self, Role::Admin | Role::Service)
-            }
-        }
-    }
-
-    /// Whether this role may create and revoke keys of role `target`.
-    pub fn may_manage(self, target: Role) -> bool {
-        match self {
-            Role::Admin => target != Role::Admin,
-            Role::Service => matches!(target, Role::App | Role::Reader),
-            Role::App | Role::Reader => false,
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "service" => Ok(Role::Service),
-            "app" => Ok(Role::App),
-            "reader" => Ok(Role::Reader),
-            _ => Err(()),
-        }
-    }
-}
-
-/// A freshly generated key: the secret (shown once) and what is stored.
-pub struct GeneratedKey {
-    pub secret: String,
-    pub hash: [u8; 32],
-}
-
-pub fn generate_key() -> GeneratedKey {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-    GeneratedKey {
-        hash: hash_secret(&secret),
-        secret,
-    }
-}
-
-pub fn hash_secret(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
-}
-
-/// Whether a configured key has the contract's shape: `cpk_` + at least 32 URL-safe characters.
-pub fn is_well_formed(secret: &str) -> bool {
-    secret.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
-        rest.len() >= 32
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
-}
 
 /// Who is calling: the authenticated key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,7 +170,7 @@ impl Authenticator {
         let invalid = || ApiError::Unauthorized("unknown, expired or revoked stream ticket".into());
         let claims = self
             .tickets
-            .verify(ticket, crate::event::unix_now_ms())
+            .verify(ticket, self.store.clock().now_ms())
             .ok_or_else(invalid)?;
         let record = self
             .store
@@ -302,66 +210,53 @@ impl Authenticator {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.retain(|_, (p, _)| p.key_id != key_id);
     }
+
+    /// Forgets every cached key: each is looked up again on its next use.
+    pub fn evict_all(&self) {
+        self.evictions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.cache.clear();
+    }
 }
 
-impl FromRequest for Principal {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let authorization = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .map(|v| v.to_str().map(str::to_owned));
-        Box::pin(async move {
-            let state: Arc<AppState> = state
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState is not registered")))?
-                .into_inner();
-            let authorization = authorization.transpose().map_err(|_| {
-                ApiError::Unauthorized("the Authorization header is not ASCII".into())
-            })?;
-            state.auth.authenticate(authorization.as_deref()).await
-        })
+/// Follows the commit feed until it ends or `shutdown` is cancelled: evicts revoked keys from
+/// the cache (and everything, when the feed may have lost changes).
+pub async fn follow_revocations(
+    authenticator: std::sync::Arc<Authenticator>,
+    mut feed: FeedReader,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let commit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            commit = feed.next() => commit,
+        };
+        match commit {
+            Ok(commit) => {
+                for change in &commit.changes {
+                    match change {
+                        Change::KeyRevoked(key) => authenticator.evict(*key),
+                        Change::Resync => authenticator.evict_all(),
+                        Change::WebhooksChanged | Change::DeliveriesQueued => {}
+                    }
+                }
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "the authenticator cannot read the feed; retrying");
+                authenticator.evict_all();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn generated_keys_have_the_contract_shape_and_differ() {
-        let a = generate_key();
-        let b = generate_key();
-        assert!(is_well_formed(&a.secret), "{}", a.secret);
-        assert_ne!(a.secret, b.secret);
-        assert_eq!(a.hash, hash_secret(&a.secret));
-        assert!(!is_well_formed("cpk_short"));
-        assert!(!is_well_formed(&format!("xyz_{}", "a".repeat(40))));
-    }
-
-    #[test]
-    fn roles_emit_what_the_catalogue_allows() {
-        let t = |s: &str| EventType::parse(s).unwrap();
-        assert!(Role::Service.may_emit(&t("pod.failed")));
-        assert!(Role::Service.may_emit(&t("custom.x")));
-        assert!(!Role::App.may_emit(&t("pod.failed")));
-        assert!(Role::App.may_emit(&t("custom.x")));
-        assert!(!Role::Reader.may_emit(&t("custom.x")));
-        for role in [Role::Admin, Role::Service, Role::App, Role::Reader] {
-            assert!(!role.may_emit(&t("credential.created")));
-        }
-    }
-
-    #[test]
-    fn services_manage_only_apps_and_readers() {
-        assert!(Role::Service.may_manage(Role::App));
-        assert!(Role::Service.may_manage(Role::Reader));
-        assert!(!Role::Service.may_manage(Role::Service));
-        assert!(Role::Admin.may_manage(Role::Service));
-        assert!(!Role::App.may_manage(Role::Reader));
-    }
 
     #[test]
     fn organization_scoping_follows_the_contract() {

@@ -94,7 +94,7 @@ pub struct ServeConfig {
     /// Durability of a commit: `full` fsyncs every commit (survives power loss), `normal`
     /// survives a crash of the broker but not of the machine, `off` never fsyncs.
     #[arg(long, env = "CPOD_SQLITE_SYNC", value_enum, default_value = "full")]
-    pub sqlite_sync: SyncMode,
+    pub sqlite_sync: SqliteSync,
 
     /// Allow webhook URLs on private, loopback and other non-public addresses (local
     /// development and tests).
@@ -162,6 +162,24 @@ pub fn exit_explaining(error: clap::Error) -> ! {
     error.exit()
 }
 
+/// `CPOD_SQLITE_SYNC`'s values (see [`SyncMode`] for what each means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    Full,
+    Normal,
+    Off,
+}
+
+impl From<SqliteSync> for SyncMode {
+    fn from(sync: SqliteSync) -> Self {
+        match sync {
+            SqliteSync::Full => SyncMode::Full,
+            SqliteSync::Normal => SyncMode::Normal,
+            SqliteSync::Off => SyncMode::Off,
+        }
+    }
+}
+
 /// The delays before each webhook attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule(pub Vec<Duration>);
@@ -204,7 +222,7 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
 }
 
 fn parse_admin_key(raw: &str) -> Result<String, String> {
-    if crate::auth::is_well_formed(raw) {
+    if crate::keys::is_well_formed(raw) {
         Ok(raw.to_owned())
     } else {
         Err("must be `cpk_` followed by at least 32 URL-safe characters [A-Za-z0-9_-]".into())
@@ -238,7 +256,7 @@ mod tests {
         assert_eq!(config.retention, Duration::from_secs(90 * 86400));
         assert_eq!(config.heartbeat, Duration::from_secs(15));
         assert_eq!(config.max_event_bytes, 65_536);
-        assert_eq!(config.sqlite_sync, SyncMode::Full);
+        assert_eq!(config.sqlite_sync, SqliteSync::Full);
         assert_eq!(config.webhook_retry_schedule.0.len(), 10);
         assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
         assert!(!config.webhook_allow_private);

@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{Role, generate_key};
 use crate::event::{EventType, OrganizationId, unix_now_ms};
-use crate::store::{KeyRecord, NewKey, Store};
+use crate::keys::{KeyRecord, NewKey, Role, generate_key};
+use crate::store::Store;
 
 /// The demo organization's id.
 pub const ORGANIZATION: &str = "demo";
@@ -50,11 +50,8 @@ pub async fn prepare(store: &Store) -> anyhow::Result<DemoKeys> {
         .iter()
         .filter(|k| k.name == READER_NAME || k.name == SERVICE_NAME)
     {
-        let event = crate::http::keys::credential_event(
-            EventType::credential_revoked(),
-            key,
-            &organization,
-        );
+        let event =
+            crate::keys::credential_event(EventType::credential_revoked(), key, &organization);
         store
             .revoke_key(key.id, Some(event))
             .await
@@ -81,7 +78,7 @@ async fn create_key(
         revoked_ms: None,
     };
     let event =
-        crate::http::keys::credential_event(EventType::credential_created(), &record, organization);
+        crate::keys::credential_event(EventType::credential_created(), &record, organization);
     store
         .create_key(
             NewKey {

@@ -11,7 +11,6 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::event::FieldError;
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -98,19 +97,6 @@ impl From<FieldError> for ApiError {
         ApiError::InvalidRequest {
             message: e.message,
             param,
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::IdempotencyConflict => ApiError::Conflict(
-                "this Idempotency-Key was already used with a different request body".into(),
-            ),
-            StoreError::NotFound => ApiError::not_found("resource"),
-            StoreError::Closed => ApiError::Unavailable,
-            StoreError::Internal(e) => ApiError::Internal(e),
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The hub: live fan-out of committed events, and the gapless [`Subscription`] every stream
 //! (SSE, WebSocket) reads from.
 //!
-//! The store's writer thread publishes each committed group, in commit order, to one
-//! `tokio::sync::broadcast` channel per organization (and to one for admin `*` subscribers), so a
-//! subscriber only ever looks at its own organization's events. An event is shared as an
-//! `Arc<StoredEvent>` whose JSON and SSE frame are encoded once, never per subscriber.
+//! The hub follows the store's commit feed ([`run`]) and publishes each commit's events, in
+//! position order, to one `tokio::sync::broadcast` channel per organization (and to one for admin
+//! `*` subscribers), so a subscriber only ever looks at its own organization's events. An event
+//! is shared as an `Arc<StoredEvent>` whose JSON and SSE frame are encoded once, never per
+//! subscriber. The feed also carries revocations: the hub ends the streams of a revoked key,
+//! whichever node revoked it.
 //!
 //! ## The gapless invariant
 //!
@@ -15,7 +17,9 @@
 //!    again. The writer advances `L` *before* sending a group, so if `L` did not move, nothing
 //!    after it was sent before the subscription listened: everything will arrive on the channel
 //!    and there is nothing to replay (a live-only subscriber never touches the store). If `L`
-//!    moved, or the start is an earlier position (`Last-Event-ID`, `since`), it replays;
+//!    moved, or the start is an earlier position (`Last-Event-ID`, `since`), it replays. (`L` is
+//!    advanced before sending a commit; the feed hands the hub contiguous positions, so every
+//!    position up to `L` is committed);
 //! 2. it replays from the store, in pages, every matching event after its last delivered position
 //!    — this covers events sent before the subscription listened, since an event is committed
 //!    before `L` covers it;
@@ -37,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::filter::{Filter, OrgScope};
-use crate::store::{HistoryQuery, Order, Store, StoreError, StoredEvent};
+use crate::store::{Change, FeedReader, HistoryQuery, Order, Store, StoreError, StoredEvent};
 
 /// Events retained per channel for subscribers that are momentarily behind.
 pub const CHANNEL_CAPACITY: usize = 1024;
@@ -57,7 +61,7 @@ struct Inner {
     organizations: DashMap<String, broadcast::Sender<Arc<StoredEvent>>>,
     everything: broadcast::Sender<Arc<StoredEvent>>,
     last_published: AtomicI64,
-    /// Cancelled once, on shutdown; the parent of every key's token.
+    /// The broker's shutdown token: the parent of every key's token.
     shutdown: CancellationToken,
     /// One token per key that has opened a stream, cancelled when the key is revoked. Revoked
     /// keys keep their cancelled token, so a stream that authenticated just before the
@@ -65,33 +69,40 @@ struct Inner {
     keys: DashMap<Uuid, CancellationToken>,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
-        Self::with_capacity(CHANNEL_CAPACITY)
-    }
-}
-
 impl Hub {
+    /// A hub whose streams end when `shutdown` is cancelled, starting after `position` (the
+    /// position its feed starts after).
+    pub fn new(shutdown: CancellationToken, position: i64) -> Self {
+        Self::with_capacity(CHANNEL_CAPACITY, shutdown, position)
+    }
+
     /// A hub whose channels retain `capacity` events (tests use tiny ones to force lag).
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub fn with_capacity(capacity: usize, shutdown: CancellationToken, position: i64) -> Self {
         Self {
             inner: Arc::new(Inner {
                 capacity,
                 organizations: DashMap::new(),
                 everything: broadcast::channel(capacity).0,
-                last_published: AtomicI64::new(0),
-                shutdown: CancellationToken::new(),
+                last_published: AtomicI64::new(position),
+                shutdown,
                 keys: DashMap::new(),
             }),
         }
     }
 
-    /// Sends committed events to their subscribers; called by the store's writer, in commit
-    /// order, after the commit.
-    pub fn publish(&self, events: &[Arc<StoredEvent>]) {
+    /// Sends committed events to their subscribers, in position order; positions follow on
+    /// from the last published one.
+    fn publish(&self, events: &[Arc<StoredEvent>]) {
         let Some(last) = events.last() else {
             return;
         };
+        debug_assert!(
+            events
+                .windows(2)
+                .all(|w| w[1].position == w[0].position + 1)
+                && events[0].position > self.last_published(),
+            "the hub was handed positions out of order"
+        );
         // Advanced before sending: see step 1 of the invariant.
         self.inner
             .last_published
@@ -106,11 +117,6 @@ impl Hub {
                 let _ = self.inner.everything.send(event.clone());
             }
         }
-    }
-
-    /// The token every stream and worker ends with on shutdown.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.shutdown.clone()
     }
 
     /// The token a stream opened with this key ends with: cancelled when the key is revoked or
@@ -133,9 +139,22 @@ impl Hub {
         self.inner.last_published.load(Ordering::Acquire)
     }
 
-    /// Makes the published position known at start-up (the store's last position).
-    pub fn set_last_published(&self, position: i64) {
-        self.inner.last_published.store(position, Ordering::Release);
+    /// Ends the streams of keys that are no longer active (after the feed lost changes).
+    async fn recheck_keys(&self, store: &Store) {
+        let live: Vec<Uuid> = self
+            .inner
+            .keys
+            .iter()
+            .filter(|entry| !entry.value().is_cancelled())
+            .map(|entry| *entry.key())
+            .collect();
+        for key in live {
+            match store.active_key(key).await {
+                Ok(None) => self.revoke(key),
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check a streaming key"),
+            }
+        }
     }
 
     fn subscribe_channel(&self, scope: &OrgScope) -> broadcast::Receiver<Arc<StoredEvent>> {
@@ -162,6 +181,37 @@ impl Hub {
     /// Number of organization channels (for tests and metrics).
     pub fn channel_count(&self) -> usize {
         self.inner.organizations.len()
+    }
+}
+
+/// Follows the commit feed until it ends or `shutdown` is cancelled: publishes each commit's
+/// events and ends the streams of revoked keys.
+pub async fn run(hub: Hub, mut feed: FeedReader, store: Store, shutdown: CancellationToken) {
+    loop {
+        let commit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            commit = feed.next() => commit,
+        };
+        let commit = match commit {
+            Ok(commit) => commit,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                // The store is failing: try again shortly, from the same position.
+                tracing::warn!(error = %e, "the hub cannot read the feed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
+                }
+            }
+        };
+        hub.publish(&commit.events);
+        for change in &commit.changes {
+            match change {
+                Change::KeyRevoked(key) => hub.revoke(*key),
+                Change::Resync => hub.recheck_keys(&store).await,
+                Change::WebhooksChanged | Change::DeliveriesQueued => {}
+            }
+        }
     }
 }
 
@@ -288,21 +338,31 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use crate::event::{EventType, NewEvent, OrganizationId, ResourceId, ResourceType};
-    use crate::store::{AppendRequest, IngestEndpoint, StoreConfig, SyncMode};
+    use crate::store::{AppendRequest, Backend, Clock, IngestEndpoint, StoreConfig, SyncMode};
 
-    fn open(capacity: usize) -> (tempfile::TempDir, Hub, Store) {
+    /// A store, and a hub following its feed.
+    async fn open(capacity: usize) -> (tempfile::TempDir, Hub, Store) {
         let dir = tempfile::TempDir::new().unwrap();
-        let hub = Hub::with_capacity(capacity);
-        let store = Store::open(
-            &StoreConfig {
+        let store = Store::open(&StoreConfig {
+            backend: Backend::Sqlite {
                 path: dir.path().join("hub.db"),
                 sync: SyncMode::Off,
-                retention_ms: i64::MAX / 2,
                 readers: 2,
             },
-            hub.clone(),
-        )
+            retention_ms: i64::MAX / 2,
+            clock: Clock::system(),
+        })
+        .await
         .unwrap();
+        let position = store.last_position().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = Hub::with_capacity(capacity, shutdown.clone(), position);
+        tokio::spawn(run(
+            hub.clone(),
+            store.feed(position),
+            store.clone(),
+            shutdown,
+        ));
         (dir, hub, store)
     }
 
@@ -352,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lagging_subscriber_catches_up_from_the_store_without_loss() {
-        let (_dir, hub, store) = open(4);
+        let (_dir, hub, store) = open(4).await;
         let mut subscription = Subscription::new(
             &hub,
             &store,
@@ -378,7 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_published_during_a_replay_arrive_once_and_in_order() {
-        let (_dir, hub, store) = open(CHANNEL_CAPACITY);
+        let (_dir, hub, store) = open(CHANNEL_CAPACITY).await;
         append(&store, 0, 1200).await;
         let mut subscription = Subscription::new(
             &hub,
@@ -399,7 +459,8 @@ mod tests {
 
     #[test]
     fn revoking_a_key_cancels_its_token_now_and_later_and_shutdown_cancels_all() {
-        let hub = Hub::default();
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(shutdown.clone(), 0);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let before = hub.key_token(a);
         hub.revoke(a);
@@ -410,13 +471,13 @@ mod tests {
         );
         let other = hub.key_token(b);
         assert!(!other.is_cancelled());
-        hub.shutdown_token().cancel();
+        shutdown.cancel();
         assert!(other.is_cancelled());
     }
 
     #[tokio::test]
     async fn reads_given_up_half_way_never_lose_a_reader_connection() {
-        let (_dir, _hub, store) = open(8);
+        let (_dir, _hub, store) = open(8).await;
         append(&store, 0, 10).await;
         for _ in 0..300 {
             // Polled once, then dropped while the blocking read may be running.
@@ -430,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_is_dropped_with_its_last_subscriber() {
-        let (_dir, hub, store) = open(8);
+        let (_dir, hub, store) = open(8).await;
         let subscription = Subscription::new(
             &hub,
             &store,

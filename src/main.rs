@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use cpod_events::config::{Cli, Command};
-use cpod_events::startup::{Application, cancel_on_signal};
+use cpod_events::shutdown::cancel_on_signal;
+use cpod_events::startup::Application;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::event::unix_now_ms;
 use crate::store::Store;
 
 /// Rows deleted per writer command.
@@ -29,7 +28,7 @@ pub async fn run(store: Store, interval: Duration, shutdown: CancellationToken) 
             _ = ticker.tick() => {}
         }
         loop {
-            match store.prune(unix_now_ms(), PRUNE_BATCH).await {
+            match store.prune(PRUNE_BATCH).await {
                 Ok(report) => {
                     if report.events > 0 || report.idempotency_records > 0 {
                         tracing::debug!(

@@ -13,42 +13,21 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{Authenticator, Role, generate_key, hash_secret};
+use crate::auth::Authenticator;
 use crate::config::{DatabaseUrl, ServeConfig};
-use crate::event::unix_now_ms;
+use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
-use crate::store::{KeyRecord, NewKey, Store, StoreConfig};
+use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
+use crate::store::{Backend, Clock, Store, StoreConfig};
 use crate::webhooks::WebhookSettings;
 use crate::webhooks::worker::Deliverer;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const GRACEFUL_TIMEOUT_SECS: u64 = 5;
-
-/// Limits on what a request may carry.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_event_bytes: usize,
-    pub max_body_bytes: usize,
-}
-
-/// What every handler shares.
-pub struct AppState {
-    pub store: Store,
-    pub hub: Hub,
-    /// Cancelled once on shutdown: every stream and worker listens to it.
-    pub shutdown: CancellationToken,
-    /// Keep-alive interval of idle streams.
-    pub heartbeat: Duration,
-    pub auth: Authenticator,
-    pub limits: Limits,
-    /// The OpenAPI document, rendered once.
-    pub openapi: String,
-    /// Sends webhook requests (the worker and `POST /v1/webhooks/{id}/test`).
-    pub deliverer: Arc<Deliverer>,
-}
 
 pub struct Application {
     server: Server,
@@ -57,45 +36,71 @@ pub struct Application {
     store: Store,
     shutdown: CancellationToken,
     generated_admin_key: Option<String>,
-    retention_task: tokio::task::JoinHandle<()>,
-    webhook_worker: tokio::task::JoinHandle<()>,
+    /// Everything spawned that runs until shutdown: joined before the store closes.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         disable_transparent_huge_pages();
         let DatabaseUrl::Sqlite(path) = &config.database_url;
-        let hub = Hub::default();
-        let store = Store::open(
-            &StoreConfig {
+        let store = Store::open(&StoreConfig {
+            backend: Backend::Sqlite {
                 path: path.clone(),
-                sync: config.sqlite_sync,
-                retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
+                sync: config.sqlite_sync.into(),
                 readers: 4,
             },
-            hub.clone(),
-        )
+            retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
+            clock: Clock::system(),
+        })
+        .await
         .with_context(|| format!("cannot open the store at {}", path.display()))?;
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
 
         crate::telemetry::prometheus();
-        let shutdown = hub.shutdown_token();
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        // The feed's followers start where the store is now; the hub publishes from there on.
+        let position = store.last_position().await?;
+        let hub = Hub::new(shutdown.clone(), position);
+        tasks.push((
+            "hub",
+            tokio::spawn(crate::hub::run(
+                hub.clone(),
+                store.feed(position),
+                store.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        let auth = Arc::new(Authenticator::new(store.clone(), config.rate_limit));
+        tasks.push((
+            "revocations",
+            tokio::spawn(crate::auth::follow_revocations(
+                auth.clone(),
+                store.feed(position),
+                shutdown.clone(),
+            )),
+        ));
         let deliverer = Arc::new(Deliverer::new(WebhookSettings::new(
             config.webhook_retry_schedule.0.clone(),
             config.webhook_allow_private,
             config.webhook_disable_after,
         ))?);
-        let webhook_worker = tokio::spawn(crate::webhooks::worker::run(
-            store.clone(),
-            deliverer.clone(),
-            shutdown.clone(),
+        tasks.push((
+            "webhook worker",
+            tokio::spawn(crate::webhooks::worker::run(
+                store.clone(),
+                store.feed(position),
+                deliverer.clone(),
+                shutdown.clone(),
+            )),
         ));
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
             shutdown: shutdown.clone(),
             heartbeat: config.heartbeat,
-            auth: Authenticator::new(store.clone(), config.rate_limit),
+            auth,
             limits: Limits {
                 max_event_bytes: config.max_event_bytes as usize,
                 max_body_bytes: config.max_body_bytes as usize,
@@ -136,21 +141,27 @@ impl Application {
         .listen(listener)?
         .run();
 
-        let retention_task = tokio::spawn(crate::retention::run(
-            store.clone(),
-            crate::retention::prune_interval(config.retention),
-            shutdown.clone(),
+        tasks.push((
+            "retention",
+            tokio::spawn(crate::retention::run(
+                store.clone(),
+                crate::retention::prune_interval(config.retention),
+                shutdown.clone(),
+            )),
         ));
         let upkeep = shutdown.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = upkeep.cancelled() => return,
-                    _ = ticker.tick() => crate::telemetry::prometheus().run_upkeep(),
+        tasks.push((
+            "metrics upkeep",
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = upkeep.cancelled() => return,
+                        _ = ticker.tick() => crate::telemetry::prometheus().run_upkeep(),
+                    }
                 }
-            }
-        });
+            }),
+        ));
         Ok(Self {
             handle: server.handle(),
             server,
@@ -158,8 +169,7 @@ impl Application {
             store,
             shutdown,
             generated_admin_key,
-            retention_task,
-            webhook_worker,
+            tasks,
         })
     }
 
@@ -182,14 +192,16 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// Serves until the shutdown token is cancelled; then stops accepting, lets in-flight
+    /// requests finish, joins every task, and closes the store (everything acknowledged is
+    /// durable when this returns).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             server,
             handle,
             store,
             shutdown,
-            retention_task,
-            webhook_worker,
+            tasks,
             ..
         } = self;
         let stopper = {
@@ -202,8 +214,11 @@ impl Application {
         let served = server.await;
         shutdown.cancel();
         let _ = stopper.await;
-        let _ = retention_task.await;
-        let _ = webhook_worker.await;
+        for (name, task) in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %e, "a task failed");
+            }
+        }
         store.close().await;
         served.context("the HTTP server failed")
     }
@@ -233,7 +248,7 @@ async fn install_admin_key(
                 "admin (generated)"
             }
             .into(),
-            created_ms: unix_now_ms(),
+            created_ms: store.clock().now_ms(),
             revoked_ms: None,
         },
         secret_hash: hash,
@@ -275,24 +290,4 @@ pub fn disable_transparent_huge_pages() {
             "cannot turn transparent huge pages off"
         );
     }
-}
-
-/// Waits for SIGTERM or SIGINT, then cancels `token`.
-pub async fn cancel_on_signal(token: Arc<CancellationToken>) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-    }
-    token.cancel();
 }

@@ -301,7 +301,7 @@ async fn tail(args: TailArgs) -> Result<(), CliError> {
         client.events().stream_with(filter, options)
     };
     let stop = CancellationToken::new();
-    tokio::spawn(crate::startup::cancel_on_signal(Arc::new(stop.clone())));
+    tokio::spawn(crate::shutdown::cancel_on_signal(Arc::new(stop.clone())));
     loop {
         let item = tokio::select! {
             _ = stop.cancelled() => return Ok(()),

@@ -14,8 +14,8 @@ use chrono::{DateTime, NaiveDate};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
+use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_id};
-use crate::startup::AppState;
 use crate::store::{HistoryQuery, Order};
 
 pub const DEFAULT_LIMIT: usize = 50;

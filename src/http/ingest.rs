@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::{EventDraft, NewEvent};
+use crate::http::state::AppState;
 use crate::http::{parse_json, parse_json_object, read_body, require_json_content_type};
-use crate::startup::AppState;
 use crate::store::{AppendOutcome, AppendRequest, IdempotencyClaim, IngestEndpoint};
 
 pub const MAX_BATCH: usize = 1000;

@@ -6,17 +6,15 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role, generate_key};
+use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::event::{
-    EventType, NewEvent, OrganizationId, ResourceId, ResourceType, format_timestamp, unix_now_ms,
-};
+use crate::event::{EventType, OrganizationId, format_timestamp, unix_now_ms};
+use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
-use crate::startup::AppState;
-use crate::store::{KeyRecord, NewKey};
+use crate::keys::{KeyRecord, NewKey, Role, credential_event, generate_key};
 
 pub const MAX_NAME_LEN: usize = 200;
 /// Key bodies are tiny; anything larger is a mistake.
@@ -286,23 +284,4 @@ pub async fn revoke_key(
     let mut view = KeyView::from(&record);
     view.revoked_at = Some(format_timestamp(unix_now_ms()));
     Ok(HttpResponse::Ok().json(view))
-}
-
-/// `credential.created` / `credential.revoked`: the key's name and role, never its secret.
-pub(crate) fn credential_event(
-    event_type: EventType,
-    record: &KeyRecord,
-    org: &OrganizationId,
-) -> NewEvent {
-    let mut payload = Map::new();
-    payload.insert("name".into(), Value::String(record.name.clone()));
-    payload.insert("role".into(), Value::String(record.role.as_str().into()));
-    NewEvent::new(
-        event_type,
-        ResourceId::parse(&record.id.to_string()).expect("a UUID is a valid resource id"),
-        ResourceType::parse("credential").expect("`credential` is a valid resource type"),
-        org.clone(),
-        None,
-        &payload,
-    )
 }

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod keys;
 pub mod ops;
 pub mod sse;
+pub mod state;
 pub mod streams;
 pub mod webhooks;
 pub mod ws;

@@ -21,9 +21,9 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::http::QueryParams;
+use crate::http::state::AppState;
 use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
 use crate::hub::Subscription;
-use crate::startup::AppState;
 use crate::store::StoredEvent;
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -38,6 +38,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// One event as an SSE message: `id: <id>\ndata: <json>\n\n`. The JSON is compact, so it is one
 /// line (JSON strings cannot hold a raw newline).
+/// An event's SSE message, encoded on first use and then shared by every subscriber.
+pub fn frame_of(event: &StoredEvent) -> &Bytes {
+    event
+        .sse
+        .get_or_init(|| event_frame(&event.id, &event.json))
+}
+
 pub fn event_frame(id: &Uuid, json: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(json.len() + 52);
     frame.put_slice(b"id: ");
@@ -67,11 +74,11 @@ pub fn retry_frame() -> Bytes {
 /// Several events in one chunk; one event is its shared frame, uncopied.
 fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
     if let [one] = events {
-        return one.sse_frame().clone();
+        return frame_of(one).clone();
     }
-    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| e.sse_frame().len()).sum());
+    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| frame_of(e).len()).sum());
     for event in events {
-        chunk.put_slice(event.sse_frame());
+        chunk.put_slice(frame_of(event));
     }
     chunk.freeze()
 }

@@ -11,9 +11,9 @@ use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
 use crate::http::history::{parse_filter, parse_time};
+use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_json_object, read_body};
 use crate::hub::{Start, Subscription};
-use crate::startup::AppState;
 use crate::tickets::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -10,15 +10,14 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
 use crate::filter::{OrgScope, TypePattern};
+use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
-use crate::startup::AppState;
-use crate::store::webhooks::{
-    self as queue, DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord,
-};
+use crate::keys::Role;
+use crate::store::webhooks::{DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord};
 use crate::webhooks::signing::generate_secret;
 use crate::webhooks::url_guard;
 
@@ -222,7 +221,7 @@ async fn visible_webhook(
     let id = parse_id(raw_id, "webhook")?;
     let webhook = state
         .store
-        .read(move |conn| queue::get_webhook(conn, id))
+        .webhook(id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     match &principal.organization_id {
@@ -276,15 +275,7 @@ pub async fn create_webhook(
         last_success_ms: None,
         disabled_reason: None,
     };
-    let stored = webhook.clone();
-    state
-        .store
-        .write(move |context| {
-            queue::insert_webhook(context.conn, &stored)?;
-            context.webhooks_changed();
-            Ok(())
-        })
-        .await?;
+    state.store.create_webhook(webhook.clone()).await?;
     tracing::info!(webhook = %webhook.id, organization = webhook.organization_id.as_str(), "webhook created");
     Ok(HttpResponse::Created().json(CreatedWebhook {
         view: WebhookView::from(&webhook),
@@ -307,13 +298,10 @@ pub async fn list_webhooks(
     let scope = principal.read_scope(params.take_one("organizationId")?.as_deref())?;
     params.finish()?;
     let organization = match scope {
-        OrgScope::One(org) => Some(org.as_str().to_owned()),
+        OrgScope::One(org) => Some(org),
         OrgScope::All => None,
     };
-    let webhooks = state
-        .store
-        .read(move |conn| queue::list_webhooks(conn, organization.as_deref()))
-        .await?;
+    let webhooks = state.store.webhooks(organization).await?;
     let data: Vec<WebhookView> = webhooks.iter().map(WebhookView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "data": data })))
 }
@@ -359,15 +347,7 @@ pub async fn update_webhook(
         description: fields.description,
         enabled: fields.enabled,
     };
-    let id = webhook.id;
-    let updated = state
-        .store
-        .write(move |context| {
-            let updated = queue::update_webhook(context.conn, id, &patch)?;
-            context.webhooks_changed();
-            Ok(updated)
-        })
-        .await?;
+    let updated = state.store.update_webhook(webhook.id, patch).await?;
     Ok(HttpResponse::Ok().json(WebhookView::from(&updated)))
 }
 
@@ -381,14 +361,7 @@ pub async fn delete_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let webhook = visible_webhook(&state, &principal, &path).await?;
     let id = webhook.id;
-    state
-        .store
-        .write(move |context| {
-            queue::delete_webhook(context.conn, id)?;
-            context.webhooks_changed();
-            Ok(())
-        })
-        .await?;
+    state.store.delete_webhook(id).await?;
     Ok(HttpResponse::Ok().json(json!({"id": id, "deleted": true})))
 }
 
@@ -403,10 +376,9 @@ pub async fn rotate_secret(
     let webhook = visible_webhook(&state, &principal, &path).await?;
     let secret = generate_secret();
     let expires = unix_now_ms() + ROTATION_OVERLAP_MS;
-    let (id, new_secret) = (webhook.id, secret.clone());
     state
         .store
-        .write(move |context| queue::rotate_secret(context.conn, id, &new_secret, expires))
+        .rotate_webhook_secret(webhook.id, secret.clone(), expires)
         .await?;
     Ok(HttpResponse::Ok()
         .json(json!({"secret": secret, "previousSecretExpiresAt": format_timestamp(expires)})))
@@ -503,10 +475,9 @@ pub async fn list_deliveries(
         })
         .transpose()?;
     params.finish()?;
-    let id = webhook.id;
     let (deliveries, has_more) = state
         .store
-        .read(move |conn| queue::deliveries_page(conn, id, status, before, limit))
+        .deliveries(webhook.id, status, before, limit)
         .await?;
     let next_cursor = has_more
         .then(|| {
@@ -534,17 +505,13 @@ pub async fn retry_delivery(
     let (raw_webhook, raw_delivery) = path.into_inner();
     let webhook = visible_webhook(&state, &principal, &raw_webhook).await?;
     let delivery_id = parse_id(&raw_delivery, "delivery")?;
-    let webhook_id = webhook.id;
     state
         .store
-        .write(move |context| {
-            queue::retry_delivery(context.conn, webhook_id, delivery_id, unix_now_ms())
-        })
+        .retry_delivery(webhook.id, delivery_id)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => ApiError::not_found("delivery"),
             other => other.into(),
         })?;
-    state.store.deliveries_ready().notify_one();
     Ok(HttpResponse::Accepted().json(json!({"id": delivery_id, "status": "pending"})))
 }

@@ -25,11 +25,11 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
 use crate::http::QueryParams;
+use crate::http::state::AppState;
 use crate::http::streams::{
     DeliveryCounter, Resume, SubscriberGauge, resolve_start, ticket_deadline,
 };
 use crate::hub::Subscription;
-use crate::startup::AppState;
 use crate::store::StoredEvent;
 
 /// Frames queued for one socket before its subscriptions must wait.

@@ -1,35 +1,48 @@
-//! The durable store: the only place events, keys and idempotency records live.
+//! The durable store: the only place events, keys, webhooks and settings live, behind one seam.
 //!
-//! Writes go through one writer thread ([`sqlite`]) that applies every command waiting in its
-//! queue inside one transaction and one fsync (group commit), so concurrent appends share the
-//! cost of durability. Reads use a small pool of read-only connections on blocking threads.
+//! The rest of the broker uses [`Store`] through domain operations only (append a group of
+//! events, history, reads after a position, keys, webhook endpoints and their delivery queue,
+//! settings) and the [commit feed](feed); no SQL and no database type leaves this module. The
+//! backend is chosen at start-up from the database URL: today SQLite ([`sqlite`]: one writer
+//! thread with group commit, a pool of read-only connections).
 //!
-//! Invariants the rest of the broker builds on:
-//! - every event gets a **position**, strictly increasing in commit order and never reused
-//!   (`AUTOINCREMENT`), which orders history, cursors and (later) streams;
-//! - an event's **timestamp never decreases with its position** (the writer clamps the clock to
-//!   the last timestamp it gave), so a time bound is a position bound and `since`/`until` and
-//!   the retention horizon become index range scans on position;
-//! - an append is answered only after its transaction has committed.
+//! Invariants the rest of the broker builds on, whatever the backend (the conformance suite,
+//! `conformance.rs`, holds every backend to them):
+//! - every event gets a **position**, strictly increasing in commit order and never reused,
+//!   which orders history, cursors and streams;
+//! - an event's **timestamp and id never decrease with its position** (the store clamps the
+//!   clock to the last timestamp it gave, and makes each id greater than the last), so a time
+//!   bound is a position bound and `since`/`until` and the retention horizon become range scans;
+//! - an append is answered only after its transaction has committed, and every commit reaches
+//!   the feed, in position order.
 
-mod migrations;
+pub mod feed;
 mod sqlite;
 pub mod webhooks;
 
+#[cfg(test)]
+mod conformance;
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::auth::Role;
-use crate::event::{NewEvent, OrganizationId};
-use crate::filter::Filter;
+use crate::error::ApiError;
+use crate::event::{NewEvent, OrganizationId, unix_now_ms};
+use crate::filter::{Filter, OrgScope};
+use webhooks::{
+    AttemptOutcome, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery, WebhookPatch,
+    WebhookRecord,
+};
 
-pub use sqlite::{Store, WriteContext};
+pub use crate::keys::{KeyRecord, NewKey};
+pub use feed::{Change, Commit, FeedReader};
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     /// fsync the WAL on every commit: a 201 survives `kill -9` and power loss.
     Full,
@@ -40,14 +53,326 @@ pub enum SyncMode {
     Off,
 }
 
+/// Which database, and how to use it.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite {
+        path: PathBuf,
+        sync: SyncMode,
+        /// Read-only connections for queries.
+        readers: usize,
+    },
+}
+
 /// Where and how to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub path: PathBuf,
-    pub sync: SyncMode,
+    pub backend: Backend,
     /// Events older than this are invisible and get pruned.
     pub retention_ms: i64,
-    pub readers: usize,
+    /// The wall clock the store stamps events and judges expiry with.
+    pub clock: Clock,
+}
+
+/// The store's source of time in Unix milliseconds: the system clock, or one a test moves.
+#[derive(Clone)]
+pub struct Clock(Option<Arc<AtomicI64>>);
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A clock that reads `now` and moves only when the test stores into it.
+    pub fn manual(now: Arc<AtomicI64>) -> Self {
+        Self(Some(now))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        match &self.0 {
+            None => unix_now_ms(),
+            Some(now) => now.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Clock::manual"
+        } else {
+            "Clock::system"
+        })
+    }
+}
+
+/// A cheap-clone handle on the store, whichever backend is behind it.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Open>,
+}
+
+/// The open backends (one variant per database kind).
+enum Open {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Calls the same operation on whichever backend is open.
+macro_rules! on_backend {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match &*$store.backend {
+            Open::Sqlite($backend) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the database.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let open = match &config.backend {
+            Backend::Sqlite { .. } => {
+                let config = config.clone();
+                let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&config))
+                    .await
+                    .map_err(|e| {
+                        StoreError::Internal(anyhow::anyhow!("opening the store: {e}"))
+                    })??;
+                Open::Sqlite(store)
+            }
+        };
+        Ok(Self {
+            backend: Arc::new(open),
+        })
+    }
+
+    /// The clock this store stamps events with.
+    pub fn clock(&self) -> &Clock {
+        on_backend!(self, b => b.clock())
+    }
+
+    // --- events -------------------------------------------------------------------------
+
+    /// Stores a single event or an atomic batch, honouring its idempotency key, and queues the
+    /// webhook deliveries its events match, all in one transaction.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        on_backend!(self, b => b.append(request).await)
+    }
+
+    /// One page of history.
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        on_backend!(self, b => b.history(query).await)
+    }
+
+    /// Up to `limit` events (of every organization) after `position`, in position order,
+    /// expired ones included: what the feed catches up with.
+    pub async fn events_after(
+        &self,
+        position: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        on_backend!(self, b => b.events_after(position, limit).await)
+    }
+
+    /// The position of the newest event ever committed (0 when none): positions are never
+    /// reused, so this survives the pruning of that event.
+    pub async fn last_position(&self) -> Result<i64, StoreError> {
+        on_backend!(self, b => b.last_position().await)
+    }
+
+    /// An event's JSON by id, if it exists, is in scope and has not expired.
+    pub async fn event_json(&self, id: Uuid, scope: OrgScope) -> Result<Option<Bytes>, StoreError> {
+        on_backend!(self, b => b.event_json(id, scope).await)
+    }
+
+    /// The position of an event that exists, is in `scope` and has not expired.
+    pub async fn position_of(&self, id: Uuid, scope: OrgScope) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, b => b.position_of(id, scope).await)
+    }
+
+    /// The position after which every event is at or after `ts_ms`: replaying "after" it
+    /// replays from that time.
+    pub async fn position_before_time(&self, ts_ms: i64) -> Result<i64, StoreError> {
+        on_backend!(self, b => b.position_before_time(ts_ms).await)
+    }
+
+    /// The oldest timestamp still visible: retention hides everything before it at once.
+    pub fn retention_horizon_ms(&self) -> i64 {
+        on_backend!(self, b => b.retention_horizon_ms())
+    }
+
+    /// Deletes at most `batch` expired events and idempotency records, oldest first.
+    pub async fn prune(&self, batch: usize) -> Result<PruneReport, StoreError> {
+        on_backend!(self, b => b.prune(batch).await)
+    }
+
+    /// The committed events and changes after `position`, in order; see [`FeedReader`].
+    pub fn feed(&self, position: i64) -> FeedReader {
+        let commits = on_backend!(self, b => b.commits());
+        FeedReader::new(self.clone(), commits, position)
+    }
+
+    // --- keys ---------------------------------------------------------------------------
+
+    /// Inserts a key and, in the same transaction, its `credential.created` event.
+    pub async fn create_key(
+        &self,
+        key: NewKey,
+        event: Option<NewEvent>,
+    ) -> Result<Option<Arc<StoredEvent>>, StoreError> {
+        on_backend!(self, b => b.create_key(key, event).await)
+    }
+
+    /// Revokes an active key and, in the same transaction, stores its `credential.revoked`
+    /// event; the feed carries [`Change::KeyRevoked`]. `NotFound` when the key is unknown or
+    /// already revoked.
+    pub async fn revoke_key(
+        &self,
+        id: Uuid,
+        event: Option<NewEvent>,
+    ) -> Result<Option<Arc<StoredEvent>>, StoreError> {
+        on_backend!(self, b => b.revoke_key(id, event).await)
+    }
+
+    /// Installs the admin key. With `configured` (from `CPOD_ADMIN_KEY`) the key is made active
+    /// and any other configured or generated admin key is revoked; otherwise the key is inserted
+    /// only when no admin key is active. Answers whether `key` was inserted.
+    pub async fn bootstrap_admin(&self, key: NewKey, configured: bool) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.bootstrap_admin(key, configured).await)
+    }
+
+    /// The active key whose secret hashes to `secret_hash`.
+    pub async fn active_key_by_hash(
+        &self,
+        secret_hash: [u8; 32],
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        on_backend!(self, b => b.active_key_by_hash(secret_hash).await)
+    }
+
+    /// The active key with this id.
+    pub async fn active_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        on_backend!(self, b => b.active_key(id).await)
+    }
+
+    /// Active keys, of one organization or (with `None`) all of them, oldest first.
+    pub async fn active_keys(
+        &self,
+        organization: Option<OrganizationId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        on_backend!(self, b => b.active_keys(organization).await)
+    }
+
+    // --- webhooks -----------------------------------------------------------------------
+
+    /// Adds an endpoint; new events are matched against it from the next commit on.
+    pub async fn create_webhook(&self, webhook: WebhookRecord) -> Result<(), StoreError> {
+        on_backend!(self, b => b.create_webhook(webhook).await)
+    }
+
+    pub async fn webhook(&self, id: Uuid) -> Result<Option<WebhookRecord>, StoreError> {
+        on_backend!(self, b => b.webhook(id).await)
+    }
+
+    /// Endpoints of one organization, or of all with `None`, oldest first.
+    pub async fn webhooks(
+        &self,
+        organization: Option<OrganizationId>,
+    ) -> Result<Vec<WebhookRecord>, StoreError> {
+        on_backend!(self, b => b.webhooks(organization).await)
+    }
+
+    /// Applies a partial update; `NotFound` when the endpoint does not exist.
+    pub async fn update_webhook(
+        &self,
+        id: Uuid,
+        patch: WebhookPatch,
+    ) -> Result<WebhookRecord, StoreError> {
+        on_backend!(self, b => b.update_webhook(id, patch).await)
+    }
+
+    /// Deletes an endpoint with its deliveries and their attempts.
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError> {
+        on_backend!(self, b => b.delete_webhook(id).await)
+    }
+
+    /// Makes `secret` current; the old one keeps signing until `previous_expires_ms`.
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: Uuid,
+        secret: String,
+        previous_expires_ms: i64,
+    ) -> Result<WebhookRecord, StoreError> {
+        on_backend!(self, b => b.rotate_webhook_secret(id, secret, previous_expires_ms).await)
+    }
+
+    /// Claims up to `request.limit` due deliveries on enabled endpoints, oldest due first, with
+    /// a lease: none that another node holds an unexpired lease on.
+    pub async fn claim_deliveries(
+        &self,
+        request: ClaimRequest,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        on_backend!(self, b => b.claim_deliveries(request).await)
+    }
+
+    /// Records attempts and moves their deliveries (and maybe endpoints) on. An attempt whose
+    /// lease is no longer its maker's, or whose delivery has moved on meanwhile, is not
+    /// recorded; answers how many were not.
+    pub async fn record_attempts(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> Result<usize, StoreError> {
+        on_backend!(self, b => b.record_attempts(outcomes).await)
+    }
+
+    /// Gives claims back unattempted (a worker shutting down), so others need not wait for
+    /// their leases to run out.
+    pub async fn release_deliveries(&self, owner: Uuid, ids: Vec<Uuid>) -> Result<(), StoreError> {
+        on_backend!(self, b => b.release_deliveries(owner, ids).await)
+    }
+
+    /// Makes a delivery due now for one more attempt.
+    pub async fn retry_delivery(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, b => b.retry_delivery(webhook_id, delivery_id).await)
+    }
+
+    /// One page of an endpoint's deliveries, newest first, before `before` (a delivery id).
+    pub async fn deliveries(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<DeliveryRecord>, bool), StoreError> {
+        on_backend!(self, b => b.deliveries(webhook_id, status, before, limit).await)
+    }
+
+    /// Pending deliveries and the age in milliseconds of the oldest (for metrics).
+    pub async fn delivery_queue_state(&self) -> Result<(i64, Option<i64>), StoreError> {
+        on_backend!(self, b => b.delivery_queue_state().await)
+    }
+
+    // --- settings and operations --------------------------------------------------------
+
+    /// The secret that signs stream tickets: made once, kept in the database, so that tickets
+    /// outlive a restart.
+    pub fn ticket_secret(&self) -> [u8; 32] {
+        on_backend!(self, b => b.ticket_secret())
+    }
+
+    /// Whether the database answers a query: readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_backend!(self, b => b.ping().await)
+    }
+
+    /// Finishes every queued write and closes: after this returns, everything acknowledged is
+    /// durable, and the feed has ended.
+    pub async fn close(&self) {
+        on_backend!(self, b => b.close().await)
+    }
 }
 
 /// Failures of the store that callers branch on; everything else is `Internal`.
@@ -63,12 +388,6 @@ pub enum StoreError {
     Internal(#[from] anyhow::Error),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(e.into())
-    }
-}
-
 /// An event as committed: its wire JSON plus the fields streams filter on.
 #[derive(Debug)]
 pub struct StoredEvent {
@@ -81,8 +400,8 @@ pub struct StoredEvent {
     pub workspace_id: Option<String>,
     /// The event's JSON, serialized once at commit.
     pub json: Bytes,
-    /// Its Server-Sent Events message, encoded on first use and then shared by every
-    /// subscriber (see [`StoredEvent::sse_frame`]).
+    /// Its Server-Sent Events message, encoded by the streams on first use and then shared by
+    /// every subscriber.
     pub sse: std::sync::OnceLock<Bytes>,
 }
 
@@ -97,12 +416,6 @@ impl StoredEvent {
             workspace_id: self.workspace_id.as_deref(),
         }
     }
-
-    /// `id: <id>\ndata: <json>\n\n`, encoded once.
-    pub fn sse_frame(&self) -> &Bytes {
-        self.sse
-            .get_or_init(|| crate::http::sse::event_frame(&self.id, &self.json))
-    }
 }
 
 /// Which endpoint an idempotency key belongs to: keys are scoped per endpoint.
@@ -113,7 +426,7 @@ pub enum IngestEndpoint {
 }
 
 impl IngestEndpoint {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             IngestEndpoint::Single => "POST /v1/events",
             IngestEndpoint::Batch => "POST /v1/events/batch",
@@ -147,24 +460,6 @@ pub struct AppendOutcome {
     pub replayed: bool,
     /// The events this request stored (empty for a replay).
     pub events: Vec<Arc<StoredEvent>>,
-}
-
-/// An API key as stored (the secret only as a hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: Uuid,
-    pub organization_id: Option<OrganizationId>,
-    pub role: Role,
-    pub name: String,
-    pub created_ms: i64,
-    pub revoked_ms: Option<i64>,
-}
-
-/// A key to insert: the record and the hash of its secret.
-#[derive(Debug, Clone)]
-pub struct NewKey {
-    pub record: KeyRecord,
-    pub secret_hash: [u8; 32],
 }
 
 /// Direction of a history page.
@@ -204,3 +499,17 @@ pub struct PruneReport {
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// The edge's answer to a store failure: the one place store errors become API errors.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyConflict => ApiError::Conflict(
+                "this Idempotency-Key was already used with a different request body".into(),
+            ),
+            StoreError::NotFound => ApiError::not_found("resource"),
+            StoreError::Closed => ApiError::Unavailable,
+            StoreError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}

@@ -1,9 +1,13 @@
-//! The delivery worker: reads due deliveries from the store, sends them concurrently (bounded
-//! overall and per endpoint), records every attempt through the writer and schedules the next.
+//! The delivery worker: claims due deliveries from the store with a lease, sends them
+//! concurrently (bounded overall and per endpoint), records every attempt and schedules the next.
 //!
-//! At least once: a delivery leaves the queue only when an attempt's outcome is committed. An
-//! attempt cut short by a crash or shutdown is simply due again after a restart. Claims are kept
-//! in memory, so one broker process delivers a queue (the scale-out store will need leases).
+//! At least once: a delivery leaves the queue only when an attempt's outcome is committed. Each
+//! claim is a lease of [`lease_duration`] (more than twice the request timeout) held by this
+//! node: nobody else attempts the delivery meanwhile, an attempt is only started while enough of
+//! the lease is left to finish it, and only the holder's record counts. An attempt cut short by
+//! a crash is due again when its lease runs out (at once after a restart on SQLite); one cut
+//! short by shutdown gives its lease back. The worker wakes when the commit feed says deliveries
+//! are due (on whichever node they were queued), and polls as a backstop for retries coming due.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,11 +24,10 @@ use super::WebhookSettings;
 use super::signing::sign;
 use super::url_guard;
 use crate::event::unix_now_ms;
-use crate::store::Store;
 use crate::store::webhooks::{
-    AttemptOutcome, AttemptRecord, Disable, DueDelivery, NextStep, WebhookRecord, due_deliveries,
-    queue_state, record_attempt,
+    AttemptOutcome, AttemptRecord, ClaimRequest, Disable, DueDelivery, NextStep, WebhookRecord,
 };
+use crate::store::{FeedReader, Store, StoreError};
 
 /// Bytes of an answer kept in the attempt log.
 pub const MAX_LOGGED_BODY: usize = 20_000;
@@ -219,25 +222,30 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-/// Deliveries being attempted (`None`) or whose outcome was recorded at an instant.
-type Claims = Arc<Mutex<HashMap<Uuid, Claim>>>;
-
-/// A claimed delivery: its endpoint, and when its outcome was recorded (`None` while it is
-/// being attempted).
-#[derive(Clone, Copy)]
-struct Claim {
-    webhook: Uuid,
-    finished: Option<Instant>,
+/// How long a claim holds: twice the request timeout and a margin, so that a holder that starts
+/// an attempt only with a timeout's worth of lease left always records before it runs out.
+pub fn lease_duration(settings: &WebhookSettings) -> Duration {
+    settings.timeout * 2 + Duration::from_secs(10)
 }
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: CancellationToken) {
-    let ready = store.deliveries_ready();
-    // Deliveries being attempted, and when each recorded attempt finished: a due list read
-    // before that moment may still show the delivery as due, and must not send it again.
-    let in_flight: Claims = Arc::default();
+/// Deliveries this node holds a lease on and has not recorded yet, with their endpoint.
+type Claims = Arc<Mutex<HashMap<Uuid, Uuid>>>;
+
+/// Runs until `shutdown` is cancelled; `feed` wakes it when deliveries are queued.
+pub async fn run(
+    store: Store,
+    feed: FeedReader,
+    deliverer: Arc<Deliverer>,
+    shutdown: CancellationToken,
+) {
+    // Leases are taken in this node's name; a restart is a new node.
+    let owner = Uuid::now_v7();
+    let lease = lease_duration(&deliverer.settings);
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let waker = tokio::spawn(wake_on_deliveries(feed, ready.clone(), shutdown.clone()));
+    let claims: Claims = Arc::default();
     let (outcomes, recorded) = mpsc::channel(1024);
-    let recorder = tokio::spawn(record(store.clone(), recorded, in_flight.clone()));
+    let recorder = tokio::spawn(record(store.clone(), recorded, claims.clone()));
     let overall = Arc::new(Semaphore::new(deliverer.settings.max_in_flight));
     let mut per_endpoint: HashMap<Uuid, Arc<Semaphore>> = HashMap::new();
     let mut attempts = JoinSet::new();
@@ -252,22 +260,20 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
         tokio::time::sleep_until((last_read + MIN_READ_INTERVAL).into()).await;
         last_read = Instant::now();
         while attempts.try_join_next().is_some() {}
-        let now = unix_now_ms();
         if last_gauges.elapsed() > Duration::from_secs(1) {
             last_gauges = Instant::now();
-            if let Ok((depth, oldest)) = store.read(move |c| queue_state(c, now)).await {
+            if let Ok((depth, oldest)) = store.delivery_queue_state().await {
                 metrics::gauge!("cpod_webhook_queue_depth").set(depth as f64);
                 metrics::gauge!("cpod_webhook_oldest_pending_seconds")
                     .set(oldest.unwrap_or(0) as f64 / 1000.0);
             }
             per_endpoint.retain(|_, s| Arc::strong_count(s) > 1);
         }
-        let read_at = Instant::now();
         let busy: Vec<Uuid> = {
-            let claims = in_flight.lock().expect("in-flight lock");
+            let claims = claims.lock().expect("claims lock");
             let mut sending: HashMap<Uuid, usize> = HashMap::new();
-            for claim in claims.values().filter(|c| c.finished.is_none()) {
-                *sending.entry(claim.webhook).or_default() += 1;
+            for webhook in claims.values() {
+                *sending.entry(*webhook).or_default() += 1;
             }
             sending
                 .into_iter()
@@ -278,34 +284,28 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
                 .collect()
         };
         let due = match store
-            .read(move |c| due_deliveries(c, now, DUE_BATCH, &busy))
+            .claim_deliveries(ClaimRequest {
+                owner,
+                now_ms: store.clock().now_ms(),
+                lease_ms: lease.as_millis() as i64,
+                limit: DUE_BATCH,
+                busy,
+            })
             .await
         {
             Ok(due) => due,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the webhook queue");
+                tracing::warn!(error = %e, "cannot claim webhook deliveries");
                 continue;
             }
         };
         {
-            // Finished before this read began: the read saw the recorded outcome.
-            let mut claims = in_flight.lock().expect("in-flight lock");
-            claims.retain(|_, claim| claim.finished.is_none_or(|at| at >= read_at));
+            let mut claims = claims.lock().expect("claims lock");
+            for delivery in &due {
+                claims.insert(delivery.id, delivery.webhook.id);
+            }
         }
         for delivery in due {
-            {
-                let mut claims = in_flight.lock().expect("in-flight lock");
-                if claims.contains_key(&delivery.id) {
-                    continue;
-                }
-                claims.insert(
-                    delivery.id,
-                    Claim {
-                        webhook: delivery.webhook.id,
-                        finished: None,
-                    },
-                );
-            }
             let endpoint = per_endpoint
                 .entry(delivery.webhook.id)
                 .or_insert_with(|| {
@@ -314,24 +314,72 @@ pub async fn run(store: Store, deliverer: Arc<Deliverer>, shutdown: Cancellation
                     ))
                 })
                 .clone();
-            let (deliverer, overall, outcomes) =
-                (deliverer.clone(), overall.clone(), outcomes.clone());
+            let (deliverer, overall, outcomes, store, claims) = (
+                deliverer.clone(),
+                overall.clone(),
+                outcomes.clone(),
+                store.clone(),
+                claims.clone(),
+            );
             attempts.spawn(async move {
                 let _endpoint = endpoint.acquire_owned().await;
                 let _overall = overall.acquire_owned().await;
+                // Waiting for a slot used part of the lease: start only if an attempt can still
+                // finish (and be recorded) within it; otherwise give the claim back.
+                let left_ms = delivery.lease.until_ms - store.clock().now_ms();
+                if left_ms < deliverer.settings.timeout.as_millis() as i64 + 5_000 {
+                    claims.lock().expect("claims lock").remove(&delivery.id);
+                    let _ = store.release_deliveries(owner, vec![delivery.id]).await;
+                    return;
+                }
                 let _ = outcomes.send(attempt(&deliverer, delivery).await).await;
             });
         }
     }
-    // Attempts cut short here are due again after a restart: at least once.
+    // Attempts cut short here give their leases back: due again at once, for any node.
     attempts.shutdown().await;
     drop(outcomes);
     let _ = recorder.await;
+    let unfinished: Vec<Uuid> = claims
+        .lock()
+        .expect("claims lock")
+        .keys()
+        .copied()
+        .collect();
+    if let Err(e) = store.release_deliveries(owner, unfinished).await {
+        tracing::debug!(error = %e, "cannot give webhook leases back; they will run out");
+    }
+    let _ = waker.await;
 }
 
-/// Writes attempt outcomes through the writer, all that are waiting in one write, and then
-/// marks their deliveries finished for the due-list reader.
-async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, in_flight: Claims) {
+/// Wakes the worker whenever the feed says deliveries may be due.
+async fn wake_on_deliveries(
+    mut feed: FeedReader,
+    ready: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let commit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            commit = feed.next() => commit,
+        };
+        match commit {
+            Ok(commit) if !commit.changes.is_empty() => ready.notify_one(),
+            Ok(_) => {}
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "the webhook worker cannot read the feed; polling");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Records attempt outcomes, all that are waiting in one write, and then forgets their claims.
+async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, claims: Claims) {
     const MAX_BATCH: usize = 256;
     while let Some(first) = outcomes.recv().await {
         let mut batch = vec![first];
@@ -345,39 +393,19 @@ async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, in_f
         // endpoint.
         batch.sort_by_key(|o| o.next != NextStep::Succeeded);
         let ids: Vec<Uuid> = batch.iter().map(|o| o.delivery_id).collect();
-        let recorded = store
-            .write(move |context| {
-                let mut stale = 0;
-                let mut disabled = false;
-                for outcome in &batch {
-                    if record_attempt(context.conn, outcome)? {
-                        disabled |= outcome.disable.is_some();
-                    } else {
-                        stale += 1;
-                    }
-                }
-                if disabled {
-                    context.webhooks_changed();
-                }
-                Ok(stale)
-            })
-            .await;
-        match recorded {
+        match store.record_attempts(batch).await {
             Ok(0) => {}
             Ok(stale) => tracing::warn!(
                 stale,
-                "attempts not recorded: another attempt was recorded first"
+                "attempts not recorded: their lease had been taken over or another attempt was recorded first"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot record webhook attempts; they will be retried")
+                tracing::warn!(error = %e, "cannot record webhook attempts; they will be retried when their leases run out")
             }
         }
-        let finished = Instant::now();
-        let mut claims = in_flight.lock().expect("in-flight lock");
+        let mut claims = claims.lock().expect("claims lock");
         for id in ids {
-            if let Some(claim) = claims.get_mut(&id) {
-                claim.finished = Some(finished);
-            }
+            claims.remove(&id);
         }
     }
 }
@@ -422,6 +450,7 @@ async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome
     }
     AttemptOutcome {
         delivery_id: delivery.id,
+        lease_owner: delivery.lease.owner,
         webhook_id: delivery.webhook.id,
         attempt: AttemptRecord {
             attempt: number,

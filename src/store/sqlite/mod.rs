@@ -4,7 +4,15 @@
 //! to [`MAX_GROUP`]), applies them all in one `BEGIN IMMEDIATE` transaction, commits once (one
 //! fsync for the group), and only
 //! then answers each caller. Idempotency is decided inside the writer, so two identical requests
-//! racing each other are serialized here and can never both store events.
+//! racing each other are serialized here and can never both store events. After each commit the
+//! writer sends the group's events and changes to the feed ([`super::feed`]), in position order.
+//!
+//! Positions come from `AUTOINCREMENT`, which never reuses a committed position (even after the
+//! newest event is pruned); a rolled-back group's positions are given again, but nothing of it
+//! was answered or published. Only one broker process uses a SQLite database.
+
+mod migrations;
+mod webhooks;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,18 +23,29 @@ use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::migrations::migrate;
-use super::webhooks::WebhookMatchers;
-use super::{
-    AppendOutcome, AppendRequest, HistoryPage, HistoryQuery, IDEMPOTENCY_WINDOW_MS, KeyRecord,
-    NewKey, Order, PruneReport, StoreConfig, StoreError, StoredEvent, SyncMode,
+use super::feed::{CommitSender, FEED_CAPACITY};
+use super::webhooks::{
+    AttemptOutcome, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery, WebhookPatch,
+    WebhookRecord,
 };
-use crate::event::{NewEvent, OrganizationId, unix_now_ms};
+use super::{
+    AppendOutcome, AppendRequest, Backend, Change, Clock, Commit, HistoryPage, HistoryQuery,
+    IDEMPOTENCY_WINDOW_MS, KeyRecord, NewKey, Order, PruneReport, StoreConfig, StoreError,
+    StoredEvent, SyncMode,
+};
+use crate::event::{NewEvent, OrganizationId};
 use crate::filter::{Filter, OrgScope};
-use crate::hub::Hub;
+use migrations::migrate;
+use webhooks::WebhookMatchers;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.into())
+    }
+}
 
 /// The most commands one transaction takes, so one commit never grows without bound.
 const MAX_GROUP: usize = 512;
@@ -58,22 +77,29 @@ enum Command {
 /// A write job: runs in the group's transaction; its answer is sent after the commit.
 type Job = Box<dyn FnOnce(&mut WriteContext<'_>) -> (Finished, Option<StoreError>) + Send>;
 
-/// What a write job sees: the connection, inside the group's transaction.
-pub struct WriteContext<'a> {
-    pub conn: &'a Connection,
-    webhooks_changed: bool,
+/// What a write job sees: the connection, inside the group's transaction, and the changes the
+/// job made that the feed must carry.
+struct WriteContext<'a> {
+    conn: &'a Connection,
+    changes: Vec<Change>,
+    clock: &'a Clock,
 }
 
 impl WriteContext<'_> {
-    /// Says that webhook endpoints changed, so new events are matched against them at once.
-    pub fn webhooks_changed(&mut self) {
-        self.webhooks_changed = true;
+    /// Says that webhook endpoints changed, so new events are matched against them at once and
+    /// the feed tells every consumer.
+    fn webhooks_changed(&mut self) {
+        self.changes.push(Change::WebhooksChanged);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 }
 
-/// A cheap-clone handle on the store.
+/// A cheap-clone handle on the SQLite store.
 #[derive(Clone)]
-pub struct Store {
+pub(super) struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -81,8 +107,9 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     readers: ReaderPool,
     retention_ms: i64,
+    clock: Clock,
     ticket_secret: [u8; 32],
-    deliveries_ready: Arc<tokio::sync::Notify>,
+    commits: CommitSender,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -155,27 +182,32 @@ fn run_checkpointer(conn: Connection, wal: Arc<WalState>, stop: std::sync::mpsc:
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database, migrates it and starts the writer thread.
-    /// Committed events are published to `hub`, in commit order, after each commit.
-    pub fn open(config: &StoreConfig, hub: Hub) -> Result<Self, StoreError> {
-        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    /// Blocking: call it off the async threads.
+    pub(super) fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let Backend::Sqlite {
+            path,
+            sync,
+            readers,
+        } = &config.backend;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         }
         let mut conn = Connection::open_with_flags(
-            &config.path,
+            path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .with_context(|| format!("cannot open the database {}", config.path.display()))?;
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
         let journal: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !journal.eq_ignore_ascii_case("wal") {
             return Err(anyhow::anyhow!("the database refused WAL mode (got {journal})").into());
         }
-        let synchronous = match config.sync {
+        let synchronous = match sync {
             SyncMode::Full => "FULL",
             SyncMode::Normal => "NORMAL",
             SyncMode::Off => "OFF",
@@ -185,6 +217,9 @@ impl Store {
         // 8 MiB: appends touch few pages; a larger cache only grows the process.
         conn.pragma_update(None, "cache_size", -8_000)?;
         migrate(&mut conn).context("cannot migrate the database schema")?;
+        // One process per database: a lease left in it is a dead process's, and its deliveries
+        // are due again at once.
+        webhooks::release_all_leases(&conn)?;
         // The checkpointer thread keeps the WAL backfilled; the writer checkpoints only when the
         // WAL passes WRITER_CHECKPOINT_PAGES, which then costs it little (most pages are already
         // copied) and lets the WAL restart from its beginning, bounding its size under load.
@@ -192,7 +227,7 @@ impl Store {
         watch_wal(&mut conn, wal.clone())?;
 
         let checkpoint_conn = Connection::open_with_flags(
-            &config.path,
+            path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         checkpoint_conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -204,10 +239,10 @@ impl Store {
             .context("cannot start the checkpoint thread")?;
 
         let ticket_secret = ensure_secret(&conn, "stream_ticket_secret")?;
-        let readers = ReaderPool::open(&config.path, config.readers.max(1))?;
+        let readers = ReaderPool::open(path, (*readers).max(1))?;
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let deliveries_ready = Arc::new(tokio::sync::Notify::new());
-        let writer = Writer::new(conn, hub, deliveries_ready.clone())?;
+        let commits = broadcast::channel(FEED_CAPACITY).0;
+        let writer = Writer::new(conn, commits.clone(), config)?;
         let handle = std::thread::Builder::new()
             .name("cpod-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -217,12 +252,22 @@ impl Store {
                 commands,
                 readers,
                 retention_ms: config.retention_ms,
+                clock: config.clock.clone(),
                 ticket_secret,
-                deliveries_ready,
+                commits,
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
             }),
         })
+    }
+
+    pub(super) fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// A new receiver of the commits published from now on.
+    pub(super) fn commits(&self) -> broadcast::Receiver<Arc<Commit>> {
+        self.inner.commits.subscribe()
     }
 
     async fn command<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
@@ -236,8 +281,9 @@ impl Store {
     }
 
     /// Runs `work` in the writer, inside a group's transaction, and answers its result once
-    /// committed. A `StoreError::Internal` from `work` rolls the whole group back.
-    pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    /// committed. A `StoreError::Internal` from `work` undoes it alone (a savepoint); the changes
+    /// it reported reach the feed only if it succeeded.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut WriteContext<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -267,7 +313,7 @@ impl Store {
     }
 
     /// Runs `work` on a read-only connection.
-    pub async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -275,18 +321,11 @@ impl Store {
         self.inner.readers.read(work).await
     }
 
-    /// Notified after a commit that queued webhook deliveries.
-    pub fn deliveries_ready(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.deliveries_ready.clone()
-    }
-
-    /// Stores a single event or an atomic batch, honouring its idempotency key.
-    pub async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+    pub(super) async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         self.command(|reply| Command::Append(request, reply)).await
     }
 
-    /// Inserts a key and, in the same transaction, its `credential.created` event.
-    pub async fn create_key(
+    pub(super) async fn create_key(
         &self,
         key: NewKey,
         event: Option<NewEvent>,
@@ -295,9 +334,7 @@ impl Store {
             .await
     }
 
-    /// Revokes an active key and, in the same transaction, stores its `credential.revoked`
-    /// event. `NotFound` when the key is unknown or already revoked.
-    pub async fn revoke_key(
+    pub(super) async fn revoke_key(
         &self,
         id: Uuid,
         event: Option<NewEvent>,
@@ -306,10 +343,11 @@ impl Store {
             .await
     }
 
-    /// Installs the admin key. With `configured` (from `CPOD_ADMIN_KEY`) the key is made active
-    /// and any other configured or generated admin key is revoked; otherwise the key is inserted
-    /// only when no admin key is active. Answers whether `key` was inserted.
-    pub async fn bootstrap_admin(&self, key: NewKey, configured: bool) -> Result<bool, StoreError> {
+    pub(super) async fn bootstrap_admin(
+        &self,
+        key: NewKey,
+        configured: bool,
+    ) -> Result<bool, StoreError> {
         self.command(|reply| Command::BootstrapAdmin {
             key,
             configured,
@@ -318,8 +356,8 @@ impl Store {
         .await
     }
 
-    /// Deletes at most `batch` expired events and idempotency records, oldest first.
-    pub async fn prune(&self, now_ms: i64, batch: usize) -> Result<PruneReport, StoreError> {
+    pub(super) async fn prune(&self, batch: usize) -> Result<PruneReport, StoreError> {
+        let now_ms = self.inner.clock.now_ms();
         let events_before_ms = now_ms - self.inner.retention_ms;
         let idempotency_before_ms = now_ms - IDEMPOTENCY_WINDOW_MS;
         self.command(|reply| Command::Prune {
@@ -331,158 +369,303 @@ impl Store {
         .await
     }
 
-    /// The secret that signs stream tickets: made once, kept in the database, so that tickets
-    /// outlive a restart.
-    pub fn ticket_secret(&self) -> [u8; 32] {
+    pub(super) fn ticket_secret(&self) -> [u8; 32] {
         self.inner.ticket_secret
     }
 
-    /// The oldest timestamp still visible: retention hides everything before it at once.
-    pub fn retention_horizon_ms(&self, now_ms: i64) -> i64 {
-        now_ms.saturating_sub(self.inner.retention_ms)
+    pub(super) fn retention_horizon_ms(&self) -> i64 {
+        self.inner
+            .clock
+            .now_ms()
+            .saturating_sub(self.inner.retention_ms)
     }
 
-    /// One page of history.
-    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let horizon = self.retention_horizon_ms(unix_now_ms());
-        self.inner
-            .readers
-            .read(move |conn| {
-                // One snapshot for the bounds and the page, so that an event committed between
-                // them cannot slip past `until`.
-                let snapshot = conn.unchecked_transaction()?;
-                let page = read_history(&snapshot, &query, horizon);
-                snapshot.finish()?;
-                page
-            })
-            .await
+    pub(super) async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let horizon = self.retention_horizon_ms();
+        self.read(move |conn| {
+            // One snapshot for the bounds and the page, so that an event committed between
+            // them cannot slip past `until`.
+            let snapshot = conn.unchecked_transaction()?;
+            let page = read_history(&snapshot, &query, horizon);
+            snapshot.finish()?;
+            page
+        })
+        .await
     }
 
-    /// An event's JSON by id, if it exists, is in scope and has not expired.
-    pub async fn event_json(&self, id: Uuid, scope: OrgScope) -> Result<Option<Bytes>, StoreError> {
-        let horizon = self.retention_horizon_ms(unix_now_ms());
-        self.inner
-            .readers
-            .read(move |conn| {
-                let row: Option<(String, String)> = conn
-                    .prepare_cached(
-                        "SELECT organization_id, json FROM events WHERE id = ?1 AND ts_ms >= ?2",
-                    )?
-                    .query_row(params![id.as_bytes(), horizon], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                Ok(row
-                    .filter(|(org, _)| scope.includes(org))
-                    .map(|(_, json)| Bytes::from(json)))
-            })
-            .await
+    pub(super) async fn events_after(
+        &self,
+        position: i64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE pos > ?1 ORDER BY pos LIMIT ?2"
+            ))?;
+            let events = statement
+                .query_map(params![position, limit as i64], event_from_row)?
+                .map(|e| e.map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(events)
+        })
+        .await
     }
 
-    /// The position of an event that exists, is in `scope` and has not expired.
-    pub async fn position_of(&self, id: Uuid, scope: OrgScope) -> Result<Option<i64>, StoreError> {
-        let horizon = self.retention_horizon_ms(unix_now_ms());
-        self.inner
-            .readers
-            .read(move |conn| {
-                let row: Option<(i64, String)> = conn
-                    .prepare_cached(
-                        "SELECT pos, organization_id FROM events WHERE id = ?1 AND ts_ms >= ?2",
-                    )?
-                    .query_row(params![id.as_bytes(), horizon], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?;
-                Ok(row
-                    .filter(|(_, org)| scope.includes(org))
-                    .map(|(pos, _)| pos))
-            })
-            .await
+    pub(super) async fn last_position(&self) -> Result<i64, StoreError> {
+        self.read(|conn| last_position(conn)).await
     }
 
-    /// The position after which every event is at or after `ts_ms`: replaying "after" it
-    /// replays from that time.
-    pub async fn position_before_time(&self, ts_ms: i64) -> Result<i64, StoreError> {
-        self.inner
-            .readers
-            .read(move |conn| {
-                let first = first_position_at_or_after(conn, ts_ms)?;
-                let last: Option<i64> =
-                    conn.query_row("SELECT max(pos) FROM events", [], |r| r.get(0))?;
-                Ok(match first {
-                    Some(pos) => pos - 1,
-                    None => last.unwrap_or(0),
+    pub(super) async fn event_json(
+        &self,
+        id: Uuid,
+        scope: OrgScope,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let horizon = self.retention_horizon_ms();
+        self.read(move |conn| {
+            let row: Option<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT organization_id, json FROM events WHERE id = ?1 AND ts_ms >= ?2",
+                )?
+                .query_row(params![id.as_bytes(), horizon], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
                 })
-            })
-            .await
+                .optional()?;
+            Ok(row
+                .filter(|(org, _)| scope.includes(org))
+                .map(|(_, json)| Bytes::from(json)))
+        })
+        .await
     }
 
-    /// The active key whose secret hashes to `secret_hash`.
-    pub async fn active_key_by_hash(
+    pub(super) async fn position_of(
+        &self,
+        id: Uuid,
+        scope: OrgScope,
+    ) -> Result<Option<i64>, StoreError> {
+        let horizon = self.retention_horizon_ms();
+        self.read(move |conn| {
+            let row: Option<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT pos, organization_id FROM events WHERE id = ?1 AND ts_ms >= ?2",
+                )?
+                .query_row(params![id.as_bytes(), horizon], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            Ok(row
+                .filter(|(_, org)| scope.includes(org))
+                .map(|(pos, _)| pos))
+        })
+        .await
+    }
+
+    pub(super) async fn position_before_time(&self, ts_ms: i64) -> Result<i64, StoreError> {
+        self.read(move |conn| {
+            let first = first_position_at_or_after(conn, ts_ms)?;
+            let last: Option<i64> =
+                conn.query_row("SELECT max(pos) FROM events", [], |r| r.get(0))?;
+            Ok(match first {
+                Some(pos) => pos - 1,
+                None => last.unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    pub(super) async fn active_key_by_hash(
         &self,
         secret_hash: [u8; 32],
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner
-            .readers
-            .read(move |conn| {
-                Ok(conn
-                    .prepare_cached(&format!(
-                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_ms IS NULL"
-                    ))?
-                    .query_row([&secret_hash[..]], key_from_row)
-                    .optional()?)
-            })
-            .await
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_ms IS NULL"
+                ))?
+                .query_row([&secret_hash[..]], key_from_row)
+                .optional()?)
+        })
+        .await
     }
 
-    /// The active key with this id.
-    pub async fn active_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner
-            .readers
-            .read(move |conn| {
-                Ok(conn
-                    .prepare_cached(&format!(
-                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_ms IS NULL"
-                    ))?
-                    .query_row([id.as_bytes()], key_from_row)
-                    .optional()?)
-            })
-            .await
+    pub(super) async fn active_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1 AND revoked_ms IS NULL"
+                ))?
+                .query_row([id.as_bytes()], key_from_row)
+                .optional()?)
+        })
+        .await
     }
 
-    /// Active keys, of one organization or (with `None`) all of them, oldest first.
-    pub async fn active_keys(
+    pub(super) async fn active_keys(
         &self,
         organization: Option<OrganizationId>,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner
-            .readers
-            .read(move |conn| {
-                let sql = format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_ms IS NULL \
-                     AND (?1 IS NULL OR organization_id = ?1) ORDER BY created_ms, id"
-                );
-                let org = organization.as_ref().map(OrganizationId::as_str);
-                let keys = conn
-                    .prepare_cached(&sql)?
-                    .query_map([org], key_from_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(keys)
-            })
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_ms IS NULL \
+                 AND (?1 IS NULL OR organization_id = ?1) ORDER BY created_ms, id"
+            );
+            let org = organization.as_ref().map(OrganizationId::as_str);
+            let keys = conn
+                .prepare_cached(&sql)?
+                .query_map([org], key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    pub(super) async fn create_webhook(&self, webhook: WebhookRecord) -> Result<(), StoreError> {
+        self.write(move |context| {
+            webhooks::insert_webhook(context.conn, &webhook)?;
+            context.webhooks_changed();
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn webhook(&self, id: Uuid) -> Result<Option<WebhookRecord>, StoreError> {
+        self.read(move |conn| webhooks::get_webhook(conn, id)).await
+    }
+
+    pub(super) async fn webhooks(
+        &self,
+        organization: Option<OrganizationId>,
+    ) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.read(move |conn| {
+            webhooks::list_webhooks(conn, organization.as_ref().map(OrganizationId::as_str))
+        })
+        .await
+    }
+
+    pub(super) async fn update_webhook(
+        &self,
+        id: Uuid,
+        patch: WebhookPatch,
+    ) -> Result<WebhookRecord, StoreError> {
+        self.write(move |context| {
+            let updated = webhooks::update_webhook(context.conn, id, &patch)?;
+            context.webhooks_changed();
+            if patch.enabled == Some(true) {
+                // Deliveries waiting on a disabled endpoint are due again.
+                context.changes.push(Change::DeliveriesQueued);
+            }
+            Ok(updated)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError> {
+        self.write(move |context| {
+            webhooks::delete_webhook(context.conn, id)?;
+            context.webhooks_changed();
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn rotate_webhook_secret(
+        &self,
+        id: Uuid,
+        secret: String,
+        previous_expires_ms: i64,
+    ) -> Result<WebhookRecord, StoreError> {
+        self.write(move |context| {
+            let rotated = webhooks::rotate_secret(context.conn, id, &secret, previous_expires_ms)?;
+            context.webhooks_changed();
+            Ok(rotated)
+        })
+        .await
+    }
+
+    pub(super) async fn claim_deliveries(
+        &self,
+        request: ClaimRequest,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        self.write(move |context| webhooks::claim_deliveries(context.conn, &request))
             .await
     }
 
-    /// Whether the database answers a query: readiness.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.inner
-            .readers
-            .read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    pub(super) async fn record_attempts(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> Result<usize, StoreError> {
+        self.write(move |context| {
+            let mut stale = 0;
+            let mut disabled = false;
+            for outcome in &outcomes {
+                if webhooks::record_attempt(context.conn, outcome)? {
+                    disabled |= outcome.disable.is_some();
+                } else {
+                    stale += 1;
+                }
+            }
+            if disabled {
+                context.webhooks_changed();
+            }
+            Ok(stale)
+        })
+        .await
+    }
+
+    pub(super) async fn release_deliveries(
+        &self,
+        owner: Uuid,
+        ids: Vec<Uuid>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(move |context| {
+            webhooks::release_leases(context.conn, owner, &ids)?;
+            context.changes.push(Change::DeliveriesQueued);
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn retry_delivery(
+        &self,
+        webhook_id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<(), StoreError> {
+        self.write(move |context| {
+            let now = context.now_ms();
+            webhooks::retry_delivery(context.conn, webhook_id, delivery_id, now)?;
+            context.changes.push(Change::DeliveriesQueued);
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn deliveries(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<DeliveryRecord>, bool), StoreError> {
+        self.read(move |conn| webhooks::deliveries_page(conn, webhook_id, status, before, limit))
+            .await
+    }
+
+    pub(super) async fn delivery_queue_state(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let now = self.inner.clock.now_ms();
+        self.read(move |conn| webhooks::queue_state(conn, now))
+            .await
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 
     /// Finishes every queued write, stops the writer and waits for it: after this returns,
     /// everything acknowledged is on disk and the WAL is checkpointed.
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         let checkpointer = self
             .inner
             .checkpointer
@@ -499,6 +682,18 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// AUTOINCREMENT's counter, not max(pos): it survives the pruning of the newest event.
+fn last_position(conn: &Connection) -> Result<i64, StoreError> {
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(last.unwrap_or(0))
 }
 
 /// Reads a 32-byte secret setting, making and storing a random one the first time.
@@ -740,16 +935,19 @@ impl ReaderPool {
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
-    hub: Hub,
+    /// Where each commit goes once durable.
+    commits: CommitSender,
+    clock: Clock,
     /// Enabled webhook endpoints, matched against every new event.
     webhooks: WebhookMatchers,
-    /// Whether this group queued webhook deliveries (the worker is told after the commit).
-    deliveries_queued: bool,
-    deliveries_ready: Arc<tokio::sync::Notify>,
+    /// What the group being applied changed besides events (for the feed).
+    changes: Vec<Change>,
     /// Counter handles by event type.
     ingested: std::collections::HashMap<String, metrics::Counter>,
     /// The last timestamp given: the clock is clamped to it so timestamps never go back.
     last_timestamp_ms: i64,
+    /// The last event id given: each new id is greater, whatever the clock does.
+    last_id: Uuid,
 }
 
 /// A command's result, held until its transaction commits.
@@ -796,29 +994,35 @@ impl Finished {
 impl Writer {
     fn new(
         conn: Connection,
-        hub: Hub,
-        deliveries_ready: Arc<tokio::sync::Notify>,
+        commits: CommitSender,
+        config: &StoreConfig,
     ) -> Result<Self, StoreError> {
-        let last: Option<i64> =
-            conn.query_row("SELECT max(ts_ms) FROM events", [], |r| r.get(0))?;
-        // AUTOINCREMENT's counter, not max(pos): it survives the pruning of the newest event.
-        let last_position: Option<i64> = conn
+        // The newest event is never pruned (see `prune`), so it always holds the high-water
+        // marks of timestamps and ids.
+        let last: Option<(i64, Vec<u8>)> = conn
             .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+                "SELECT ts_ms, id FROM events ORDER BY pos DESC LIMIT 1",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        hub.set_last_published(last_position.unwrap_or(0));
+        let (last_timestamp_ms, last_id) = match last {
+            Some((ts, id)) => (
+                ts,
+                Uuid::from_slice(&id).map_err(|e| anyhow::anyhow!("corrupt event id: {e}"))?,
+            ),
+            None => (0, Uuid::nil()),
+        };
         let webhooks = WebhookMatchers::load(&conn)?;
         Ok(Self {
             conn,
-            hub,
+            commits,
+            clock: config.clock.clone(),
             webhooks,
-            deliveries_queued: false,
-            deliveries_ready,
+            changes: Vec::new(),
             ingested: Default::default(),
-            last_timestamp_ms: last.unwrap_or(0),
+            last_timestamp_ms,
+            last_id,
         })
     }
 
@@ -860,7 +1064,7 @@ impl Writer {
     fn commit_group(&mut self, group: &mut Vec<Command>) {
         let started = Instant::now();
         let mut finished = Vec::with_capacity(group.len());
-        let saved_timestamp = self.last_timestamp_ms;
+        let saved = (self.last_timestamp_ms, self.last_id);
         let commit = (|| -> Result<(), StoreError> {
             self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
             for command in group.drain(..) {
@@ -876,8 +1080,8 @@ impl Writer {
         let commit_failed = if let Err(e) = commit {
             tracing::error!(error = %e, "store commit failed; the group is rolled back");
             let _ = self.conn.execute_batch("ROLLBACK");
-            self.last_timestamp_ms = saved_timestamp;
-            self.deliveries_queued = false;
+            (self.last_timestamp_ms, self.last_id) = saved;
+            self.changes.clear();
             // A webhook change in the failed group must not stay in the matchers.
             match WebhookMatchers::load(&self.conn) {
                 Ok(matchers) => self.webhooks = matchers,
@@ -889,20 +1093,25 @@ impl Writer {
         } else {
             false
         };
-        if std::mem::take(&mut self.deliveries_queued) && !commit_failed {
-            self.deliveries_ready.notify_one();
-        }
         if !commit_failed {
             let committed: Vec<Arc<StoredEvent>> = finished
                 .iter()
                 .flat_map(|f| f.stored_events().iter().cloned())
                 .collect();
-            self.hub.publish(&committed);
             metrics::histogram!("cpod_store_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("cpod_store_commit_group_events").record(committed.len() as f64);
             for event in &committed {
                 self.ingested_counter(&event.event_type).increment(1);
+            }
+            let mut changes = std::mem::take(&mut self.changes);
+            changes.dedup();
+            if !committed.is_empty() || !changes.is_empty() {
+                // No receiver (nothing follows the feed yet) is not an error.
+                let _ = self.commits.send(Arc::new(Commit {
+                    events: committed,
+                    changes,
+                }));
             }
         }
         for done in finished {
@@ -952,6 +1161,9 @@ impl Writer {
                 let result = self
                     .revoke_key(id)
                     .and_then(|()| self.insert_optional(event));
+                if result.is_ok() {
+                    self.changes.push(Change::KeyRevoked(id));
+                }
                 done(Finished::Key, reply, result)
             }
             Command::BootstrapAdmin {
@@ -981,9 +1193,11 @@ impl Writer {
                 }
                 let mut context = WriteContext {
                     conn: &self.conn,
-                    webhooks_changed: false,
+                    changes: Vec::new(),
+                    clock: &self.clock,
                 };
                 let (finished, failure) = job(&mut context);
+                let changes = context.changes;
                 let end = if failure.is_some() {
                     "ROLLBACK TO job; RELEASE job"
                 } else {
@@ -996,13 +1210,14 @@ impl Writer {
                     tracing::error!(error = %e, "a store write failed; it alone is undone");
                     return (finished, None);
                 }
-                if context.webhooks_changed {
+                if changes.contains(&Change::WebhooksChanged) {
                     // Read inside the transaction: events later in this group see the change.
                     match WebhookMatchers::load(&self.conn) {
                         Ok(matchers) => self.webhooks = matchers,
                         Err(e) => return (finished, Some(e)),
                     }
                 }
+                self.changes.extend(changes);
                 (finished, None)
             }
             Command::Shutdown => unreachable!("shutdown is taken out of the group before applying"),
@@ -1010,7 +1225,7 @@ impl Writer {
     }
 
     fn append(&mut self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let now = unix_now_ms();
+        let now = self.clock.now_ms();
         if let Some(claim) = &request.idempotency {
             let previous: Option<(Vec<u8>, Vec<u8>, i64)> = self
                 .conn
@@ -1073,9 +1288,10 @@ impl Writer {
     }
 
     fn insert_event(&mut self, event: &NewEvent) -> Result<Arc<StoredEvent>, StoreError> {
-        let timestamp_ms = unix_now_ms().max(self.last_timestamp_ms);
+        let timestamp_ms = self.clock.now_ms().max(self.last_timestamp_ms);
         self.last_timestamp_ms = timestamp_ms;
-        let id = Uuid::now_v7();
+        let id = next_event_id(self.last_id, timestamp_ms);
+        self.last_id = id;
         let json = event.stamp(&id, timestamp_ms);
         let json_text = std::str::from_utf8(&json).expect("serde_json writes UTF-8");
         self.conn
@@ -1108,8 +1324,9 @@ impl Writer {
             .webhooks
             .create_deliveries(&self.conn, &event, timestamp_ms)?
             > 0
+            && !self.changes.contains(&Change::DeliveriesQueued)
         {
-            self.deliveries_queued = true;
+            self.changes.push(Change::DeliveriesQueued);
         }
         Ok(event)
     }
@@ -1146,7 +1363,7 @@ impl Writer {
             .prepare_cached(
                 "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
             )?
-            .execute(params![id.as_bytes(), unix_now_ms()])?;
+            .execute(params![id.as_bytes(), self.clock.now_ms()])?;
         if changed == 0 {
             return Err(StoreError::NotFound);
         }
@@ -1154,13 +1371,21 @@ impl Writer {
     }
 
     fn bootstrap_admin(&mut self, key: &NewKey, configured: bool) -> Result<bool, StoreError> {
-        let now = unix_now_ms();
+        let now = self.clock.now_ms();
         if configured {
-            self.conn.execute(
-                "UPDATE api_keys SET revoked_ms = ?2 WHERE role = 'admin' AND source IN ('env', 'generated') \
-                 AND revoked_ms IS NULL AND secret_hash != ?1",
-                params![&key.secret_hash[..], now],
-            )?;
+            let revoked = self
+                .conn
+                .prepare(
+                    "UPDATE api_keys SET revoked_ms = ?2 WHERE role = 'admin' AND source IN ('env', 'generated') \
+                     AND revoked_ms IS NULL AND secret_hash != ?1 RETURNING id",
+                )?
+                .query_map(params![&key.secret_hash[..], now], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            for id in revoked {
+                if let Ok(id) = Uuid::from_slice(&id) {
+                    self.changes.push(Change::KeyRevoked(id));
+                }
+            }
             let active: bool = self.conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM api_keys WHERE secret_hash = ?1 AND revoked_ms IS NULL)",
                 [&key.secret_hash[..]],
@@ -1198,8 +1423,11 @@ impl Writer {
         let events = self
             .conn
             .prepare_cached(
+                // The newest event stays, expired or not (reads hide it): its timestamp and id
+                // are where the next event's start after a restart.
                 "DELETE FROM events WHERE pos IN \
-                 (SELECT pos FROM events WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+                 (SELECT pos FROM events WHERE ts_ms < ?1 \
+                  AND pos < (SELECT max(pos) FROM events) ORDER BY ts_ms LIMIT ?2)",
             )?
             .execute(params![events_before_ms, batch as i64])?;
         let idempotency_records = self
@@ -1214,6 +1442,34 @@ impl Writer {
             idempotency_records,
         })
     }
+}
+
+/// A UUIDv7 for an event stamped `timestamp_ms`, greater than `last`: from the timestamp and
+/// random bits when that is greater, else `last` plus one in its random bits (the clock is clamped
+/// so the timestamp never goes back, but several ids share a millisecond, and a restart with the
+/// clock behind starts at the last event's millisecond).
+fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
+    let random: [u8; 10] = rand::random();
+    let fresh =
+        uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid();
+    if fresh > last {
+        return fresh;
+    }
+    // 48 bits of milliseconds, 4 of version, 12 random (rand_a), 2 of variant, 62 random
+    // (rand_b): count up in the 74 random bits, carrying into the milliseconds.
+    let bits = last.as_u128();
+    let millis = bits >> 80;
+    let rand_a = (bits >> 64) & 0xfff;
+    let rand_b = bits & ((1u128 << 62) - 1);
+    let counter = ((rand_a << 62) | rand_b) + 1;
+    let (millis, counter) = if counter >> 74 == 0 {
+        (millis, counter)
+    } else {
+        (millis + 1, 0)
+    };
+    let rand_a = counter >> 62;
+    let rand_b = counter & ((1u128 << 62) - 1);
+    Uuid::from_u128((millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
 }
 
 /// `{"data":[…]}` from events' stored JSON, without parsing it again.

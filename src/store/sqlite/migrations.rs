@@ -103,6 +103,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (delivery_id, attempt)
     ) WITHOUT ROWID;
     "#,
+    // 4: delivery leases: the node attempting a delivery, and until when no other may.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN lease_owner BLOB;
+    ALTER TABLE deliveries ADD COLUMN lease_until_ms INTEGER;
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.
