@@ -1,5 +1,6 @@
 //! The one error type every HTTP answer goes through: the contract's
-//! `{"error": {"code", "message", "param"}}` (§7) with its code table.
+//! `{"error": {"code", "message", "param"}}` (§7). The body and the code table (each code's
+//! status) are the wire crate's ([`cpod_proto::error`]), which the clients read them with.
 //!
 //! Handlers return `Result<_, ApiError>`; extractor failures (body too large, bad JSON, bad
 //! query, bad path) and unknown routes are mapped here too, so no failure escapes as actix's
@@ -8,7 +9,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
+use cpod_proto::{ErrorBody, ErrorCode};
 
 use crate::event::FieldError;
 
@@ -73,20 +74,25 @@ impl ApiError {
         ApiError::NotFound(format!("no such {what}"))
     }
 
-    /// The contract's error code (§7): the one table, also used by WebSocket error frames.
+    /// The contract's error code (§7), also used by WebSocket error frames.
     pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// Which of the contract's codes this is; its status comes from the same table.
+    pub fn kind(&self) -> ErrorCode {
         match self {
-            ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Unavailable => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -101,34 +107,9 @@ impl From<FieldError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
-}
-
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    param: Option<&'a str>,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.kind().status()).expect("the code table holds valid statuses")
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -136,16 +117,10 @@ impl ResponseError for ApiError {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
         let param = match self {
-            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::InvalidRequest { param, .. } => param.clone(),
             _ => None,
         };
-        let body = Body {
-            error: Inner {
-                code: self.code(),
-                message: self.to_string(),
-                param,
-            },
-        };
+        let body = ErrorBody::new(self.kind(), self.to_string(), param);
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::RateLimited { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));

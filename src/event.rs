@@ -5,25 +5,14 @@
 //! SQL; the HTTP layer turns a [`FieldError`] into a 400 naming the field.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Why a field was refused; `field` is the JSON name of the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+/// The wire form itself, the type length bound and the refusal of a field are shared with every
+/// client (`cpod-proto`).
+pub use cpod_proto::error::FieldError;
+pub use cpod_proto::event::{Event, MAX_TYPE_LEN};
 
 /// The namespaces of the type catalogue, which decide who may emit a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,8 +30,6 @@ pub struct EventType {
     name: String,
     namespace: Namespace,
 }
-
-pub const MAX_TYPE_LEN: usize = 128;
 
 fn is_segment_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
@@ -331,24 +318,8 @@ pub fn format_timestamp(unix_ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The wire representation of a stored event, identical in history, streams and webhooks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Event {
-    pub id: Uuid,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub resource_id: String,
-    pub resource_type: String,
-    pub organization_id: String,
-    pub workspace_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub payload: Map<String, Value>,
-    /// ISO 8601 UTC with milliseconds, e.g. `2026-05-01T12:00:00.123Z`.
-    pub timestamp: String,
-}
-
-/// Borrowed form of [`Event`] so that the writer serializes a new event without copying it.
+/// Borrowed form of [`Event`] (field for field, in its order) so that a new event is serialized
+/// without copying it; the test below holds the two to the same JSON.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EventJson<'a> {
@@ -587,7 +558,7 @@ mod tests {
             json!({"text": "line\nbreak \u{1}"}).as_object().unwrap(),
         );
         let parsed: Event = serde_json::from_slice(&escaped.stamp(&id, 0)).unwrap();
-        assert_eq!(parsed.id, id);
+        assert_eq!(parsed.id, id.to_string());
         assert_eq!(parsed.resource_id, "quote\"back\\slash");
         assert_eq!(parsed.timestamp, "1970-01-01T00:00:00.000Z");
     }

@@ -10,6 +10,10 @@ use crate::event::Event;
 use crate::http::keys::{CreatedKey, KeyView};
 use crate::http::webhooks::{CreatedWebhook, WebhookView};
 
+/// The error body and the webhook records are the wire crate's (`cpod-proto`, feature `openapi`).
+pub use cpod_proto::webhooks::{Attempt as AttemptView, Delivery as DeliveryView, TestResult};
+pub use cpod_proto::{ErrorBody, ErrorDetail};
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cPod Events", description = "A real-time event broker: durable ingestion, history, keys, live streams, webhooks. The dashboard is served at `/` and the browser SDK at `/sdk.js`."),
@@ -61,21 +65,6 @@ impl Modify for BearerAuth {
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("ticket"))),
         );
     }
-}
-
-/// `{"error": {"code", "message", "param"}}`.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// invalid_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
-    /// unsupported_media_type, rate_limited, internal.
-    pub code: String,
-    pub message: String,
-    pub param: Option<String>,
 }
 
 /// The body of `POST /v1/events`; unknown fields are refused.
@@ -223,40 +212,6 @@ pub struct WebhookList {
 pub struct RotatedSecret {
     pub secret: String,
     pub previous_secret_expires_at: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TestResult {
-    pub success: bool,
-    pub response_status: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AttemptView {
-    pub attempt: i64,
-    pub response_status: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-    pub attempted_at: String,
-    /// The first 20,000 bytes of the answer.
-    pub response_body: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
-    pub id: String,
-    pub event_id: String,
-    pub event_type: String,
-    /// pending, succeeded or failed.
-    pub status: String,
-    pub next_attempt_at: Option<String>,
-    pub created_at: String,
-    pub attempts: Vec<AttemptView>,
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

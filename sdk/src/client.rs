@@ -195,19 +195,8 @@ pub(crate) async fn check(response: Response) -> Result<Response> {
 
 /// The broker's `{"error": {...}}`, or a description of whatever came instead (a proxy's page).
 pub(crate) fn decode_error(status: u16, text: &str, retry_after: Option<Duration>) -> ApiError {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Body,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        code: String,
-        message: String,
-        #[serde(default)]
-        param: Option<String>,
-    }
-    match serde_json::from_str::<Envelope>(text) {
-        Ok(Envelope { error }) => ApiError {
+    match serde_json::from_str::<cpod_proto::ErrorBody>(text) {
+        Ok(cpod_proto::ErrorBody { error }) => ApiError {
             status,
             code: error.code,
             message: error.message,

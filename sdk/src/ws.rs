@@ -2,6 +2,7 @@
 //! the key travels in the upgrade's `Authorization` header, a `subscribe` frame carries the
 //! filter and the resume point, and `event`, `reset` and `error` frames come back.
 
+use cpod_proto::ErrorCode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -87,7 +88,8 @@ fn frame_to_incoming(text: &str) -> Result<Incoming> {
         Some("error") => {
             let code = frame["code"].as_str().unwrap_or("internal").to_owned();
             Err(Error::Api(ApiError {
-                status: status_of(&code),
+                // A frame carries no status: the contract's table pairs one with each code.
+                status: ErrorCode::parse(&code).map_or(500, ErrorCode::status),
                 message: frame["message"].as_str().unwrap_or(&code).to_owned(),
                 param: frame["param"].as_str().map(str::to_owned),
                 code,
@@ -96,21 +98,6 @@ fn frame_to_incoming(text: &str) -> Result<Incoming> {
         }
         // `subscribed`, `pong`, and ops this SDK does not know yet.
         _ => Ok(Incoming::Alive),
-    }
-}
-
-/// The HTTP status the contract pairs with an error code (§7).
-fn status_of(code: &str) -> u16 {
-    match code {
-        "invalid_request" => 400,
-        "unauthorized" => 401,
-        "forbidden" => 403,
-        "not_found" => 404,
-        "conflict" => 409,
-        "payload_too_large" => 413,
-        "unsupported_media_type" => 415,
-        "rate_limited" => 429,
-        _ => 500,
     }
 }
 

@@ -6,7 +6,6 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -65,26 +64,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// An endpoint as shown: never its secret.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookView {
-    pub id: Uuid,
-    pub organization_id: String,
-    pub url: String,
-    pub types: Vec<String>,
-    pub resource_type: Option<String>,
-    pub description: Option<String>,
-    pub enabled: bool,
-    /// Why the broker disabled it (410 Gone, or days without success).
-    pub disabled_reason: Option<String>,
-    pub created_at: String,
-}
+/// An endpoint as shown (never its secret) and a new one with its secret: the wire crate's
+/// records, which the SDK reads.
+pub use cpod_proto::webhooks::{CreatedWebhook, Webhook as WebhookView};
 
 impl From<&WebhookRecord> for WebhookView {
     fn from(w: &WebhookRecord) -> Self {
         Self {
-            id: w.id,
+            id: w.id.to_string(),
             organization_id: w.organization_id.clone(),
             url: w.url.clone(),
             types: w.types.clone(),
@@ -95,15 +82,6 @@ impl From<&WebhookRecord> for WebhookView {
             created_at: format_timestamp(w.created_ms),
         }
     }
-}
-
-/// A new endpoint: the view and its secret, shown this once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CreatedWebhook {
-    #[serde(flatten)]
-    pub view: WebhookView,
-    /// `whsec_…`: verify signatures with it.
-    pub secret: String,
 }
 
 /// The fields of a create or update body, each checked.
@@ -278,7 +256,7 @@ pub async fn create_webhook(
     state.store.create_webhook(webhook.clone()).await?;
     tracing::info!(webhook = %webhook.id, organization = webhook.organization_id.as_str(), "webhook created");
     Ok(HttpResponse::Created().json(CreatedWebhook {
-        view: WebhookView::from(&webhook),
+        webhook: WebhookView::from(&webhook),
         secret: webhook.secret,
     }))
 }
