@@ -9,9 +9,9 @@
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::CpodClient;
+use crate::api::Api;
+use crate::api::path_segment;
 use crate::error::Result;
-use crate::keys::path_segment;
 use crate::model::Page;
 
 /// The check of a delivery, shared with the broker's signing (`cpod-proto`): [`verify`] takes
@@ -20,7 +20,7 @@ pub use cpod_proto::signing::{Headers, MAX_SIGNATURES, TOLERANCE, VerifyError, v
 /// The records `/v1/webhooks` answers, as the broker writes them.
 pub use cpod_proto::webhooks::{Attempt, CreatedWebhook, Delivery, TestResult, Webhook};
 
-/// Webhook endpoints of one broker. Get it with [`CpodClient::webhooks`].
+/// Webhook endpoints of one broker. Get it with [`CpodClient::webhooks`](crate::CpodClient::webhooks).
 ///
 /// ```
 /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
@@ -29,7 +29,7 @@ pub use cpod_proto::webhooks::{Attempt, CreatedWebhook, Delivery, TestResult, We
 /// ```
 #[derive(Debug, Clone)]
 pub struct Webhooks {
-    pub(crate) client: CpodClient,
+    pub(crate) api: Api,
 }
 
 /// What [`Webhooks::create`] asks for.
@@ -119,8 +119,8 @@ impl Webhooks {
     /// # Ok(()) }
     /// ```
     pub async fn list(&self) -> Result<Vec<Webhook>> {
-        let request = self.client.request(Method::GET, "/v1/webhooks");
-        Ok(self.client.send::<List>(request).await?.data)
+        let request = self.api.request(Method::GET, "/v1/webhooks");
+        Ok(self.api.send::<List>(request).await?.data)
     }
 
     /// One endpoint.
@@ -132,9 +132,9 @@ impl Webhooks {
     /// ```
     pub async fn get(&self, id: &str) -> Result<Webhook> {
         let request = self
-            .client
+            .api
             .request(Method::GET, &format!("/v1/webhooks/{}", path_segment(id)));
-        self.client.send(request).await
+        self.api.send(request).await
     }
 
     /// A new endpoint; keep its `secret` to [`verify`] deliveries.
@@ -148,8 +148,8 @@ impl Webhooks {
     /// # Ok(()) }
     /// ```
     pub async fn create(&self, new: &NewWebhook) -> Result<CreatedWebhook> {
-        let request = self.client.request(Method::POST, "/v1/webhooks").json(new);
-        self.client.send(request).await
+        let request = self.api.request(Method::POST, "/v1/webhooks").json(new);
+        self.api.send(request).await
     }
 
     /// Deletes an endpoint and its queued deliveries.
@@ -160,11 +160,11 @@ impl Webhooks {
     /// # Ok(()) }
     /// ```
     pub async fn delete(&self, id: &str) -> Result<()> {
-        let request = self.client.request(
+        let request = self.api.request(
             Method::DELETE,
             &format!("/v1/webhooks/{}", path_segment(id)),
         );
-        crate::client::check(request.send().await?).await?;
+        crate::api::check(request.send().await?).await?;
         Ok(())
     }
 
@@ -177,11 +177,11 @@ impl Webhooks {
     /// # Ok(()) }
     /// ```
     pub async fn test(&self, id: &str) -> Result<TestResult> {
-        let request = self.client.request(
+        let request = self.api.request(
             Method::POST,
             &format!("/v1/webhooks/{}/test", path_segment(id)),
         );
-        self.client.send(request).await
+        self.api.send(request).await
     }
 
     /// One page of an endpoint's deliveries, newest first; `status` is `pending`, `succeeded`
@@ -209,12 +209,12 @@ impl Webhooks {
             query.push(("cursor", cursor));
         }
         let request = self
-            .client
+            .api
             .request(
                 Method::GET,
                 &format!("/v1/webhooks/{}/deliveries", path_segment(id)),
             )
             .query(&query);
-        self.client.send(request).await
+        self.api.send(request).await
     }
 }

@@ -8,27 +8,27 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::client::CpodClient;
+use crate::api::Api;
+use crate::connection::{Connection, Incoming, Resume, accepted_since};
 use crate::error::{ApiError, Error, Result};
 use crate::filter::Filter;
 use crate::model::Event;
-use crate::stream::{Connection, Incoming, Resume};
 
 /// The subscription's id on its socket.
 const SUBSCRIPTION: &str = "s1";
 
 /// Opens a socket, subscribes, and answers the socket's reports.
 pub(crate) async fn connect(
-    client: &CpodClient,
+    api: &Api,
     filter: &Filter,
     resume: &Resume,
 ) -> Result<(Connection, String)> {
-    let mut url = client.url("/v1/events/ws");
+    let mut url = api.url("/v1/events/ws");
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme)
         .map_err(|()| Error::Config("the base URL cannot become a WebSocket URL".into()))?;
     let mut request = url.as_str().into_client_request()?;
-    let authorization = format!("Bearer {}", client.inner.api_key)
+    let authorization = format!("Bearer {}", api.api_key())
         .parse()
         .map_err(|_| Error::Config("the API key cannot travel in a header".into()))?;
     request.headers_mut().insert("Authorization", authorization);
@@ -43,12 +43,11 @@ pub(crate) async fn connect(
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned();
-            return Err(Error::Api(crate::client::decode_error(status, &body, None)));
+            return Err(Error::Api(crate::api::decode_error(status, &body, None)));
         }
         Err(e) => return Err(e.into()),
     };
-    let accepted =
-        crate::stream::accepted_since(response.headers().get("date").and_then(|v| v.to_str().ok()));
+    let accepted = accepted_since(response.headers().get("date").and_then(|v| v.to_str().ok()));
     let mut subscribe =
         json!({"op": "subscribe", "id": SUBSCRIPTION, "filter": filter.to_ws_json()});
     match (&resume.last_event_id, &resume.since) {
