@@ -10,12 +10,12 @@ pub mod sse;
 pub mod state;
 pub mod streams;
 pub mod webhooks;
+pub mod wire;
 pub mod ws;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
-use serde_json::Value;
 
 use crate::error::{ApiError, payload_error};
 
@@ -76,37 +76,6 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// Parses a JSON body, naming the position of a syntax error.
-pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::invalid_body(
-            "the request body is empty; send a JSON object",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(format!("invalid JSON: {e}")))
-}
-
-/// Parses a body that must be a JSON object holding only the `allowed` fields (`what` names it
-/// in the error: "a key", "a webhook"…).
-pub fn parse_json_object(
-    body: &[u8],
-    allowed: &[&str],
-    what: &str,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let Value::Object(object) = parse_json(body)? else {
-        return Err(ApiError::invalid_body(format!(
-            "{what} must be a JSON object"
-        )));
-    };
-    if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid_body(format!(
-            "unknown field `{unknown}`; {what} has {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(object)
 }
 
 /// The query string as name/value pairs, taken out one parameter at a time so that an unknown

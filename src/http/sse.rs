@@ -32,7 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events/stream")
             .route(web::get().to(stream_events))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     );
 }
 
@@ -87,13 +87,13 @@ fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
 #[utoipa::path(
     get, path = "/v1/events/stream", tag = "streams",
     params(
-        crate::openapi::StreamParams,
+        crate::http::wire::StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over lastEventId and since)"),
     ),
     responses(
         (status = 200, description = "text/event-stream: `retry:`, then `id:`/`data:` messages, `: keep-alive` comments, `event: reset`", content_type = "text/event-stream"),
-        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 403, body = crate::openapi::ErrorBody),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []))
 )]

@@ -47,7 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events/ws")
             .route(web::get().to(open_socket))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     );
 }
 
@@ -57,7 +57,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
     responses(
         (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
-        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []), ())
 )]
