@@ -44,14 +44,34 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Counts every request by method, route pattern and status, and times it.
+/// The method as a metric label: one of the standard methods, else `other`. Any token is a
+/// legal HTTP method, so a raw method as a label would let each client mint series without end.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts every request by method, route pattern and status, and times it. Every label comes
+/// from a closed set: [`method_label`], the pattern of the route that matched (never the raw
+/// path) or `unmatched`, and the status code.
 pub async fn record_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let result = next.call(req).await;
     let status = match &result {
         Ok(response) => response.status(),
@@ -59,7 +79,7 @@ pub async fn record_request(
     };
     metrics::counter!(
         "cpod_http_requests_total",
-        "method" => method.clone(),
+        "method" => method,
         "route" => route.clone(),
         "status" => status.as_u16().to_string()
     )
@@ -67,4 +87,21 @@ pub async fn record_request(
     metrics::histogram!("cpod_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::Method;
+
+    use super::method_label;
+
+    #[test]
+    fn method_labels_are_the_standard_methods_or_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for raw in ["BREW", "get", "PROPFIND", &"X".repeat(4000)] {
+            let method = Method::from_bytes(raw.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{raw}");
+        }
+    }
 }
