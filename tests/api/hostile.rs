@@ -2,19 +2,7 @@
 //! stalled bodies, malformed HTTP, oversized and fragmented WebSocket frames, endpoint floods.
 //! Several tests speak raw TCP, since a well-behaved client library would not send their bytes.
 
-use std::time::Duration;
-
-use reqwest::StatusCode;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, spawn_app};
-
-/// The `host:port` of a broker's `http://` address.
-fn authority(address: &str) -> &str {
-    address.trim_start_matches("http://")
-}
+use crate::helpers::{ADMIN_KEY, BrokerProcess};
 
 /// The broker's metrics text.
 async fn metrics(url: &str) -> String {
@@ -39,7 +27,11 @@ async fn request_metrics_label_unknown_methods_as_other_and_do_not_grow() {
     for method in ["BREW", "PROPFIND"] {
         for path in ["/healthz", "/no/such/path"] {
             let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-            client.request(method, broker.url(path)).send().await.unwrap();
+            client
+                .request(method, broker.url(path))
+                .send()
+                .await
+                .unwrap();
         }
     }
     // The first scrape is counted after it is answered: scrape twice.
