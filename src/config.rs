@@ -115,6 +115,10 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_WEBHOOK_DISABLE_AFTER", default_value = "5d", value_parser = parse_positive_duration)]
     pub webhook_disable_after: Duration,
 
+    /// Webhook endpoints one organization may have (409 `conflict` beyond).
+    #[arg(long, env = "CPOD_MAX_WEBHOOKS_PER_ORGANIZATION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_webhooks_per_organization: u32,
+
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "CPOD_WORKERS")]
     pub workers: Option<NonZeroU32>,
@@ -260,6 +264,7 @@ mod tests {
         assert_eq!(config.webhook_retry_schedule.0.len(), 10);
         assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
         assert!(!config.webhook_allow_private);
+        assert_eq!(config.max_webhooks_per_organization, 100);
         assert!(!config.demo);
         assert_eq!(config.demo_rate, 5.0);
         assert_eq!(
@@ -309,6 +314,10 @@ mod tests {
                 "--webhook-allow-private",
             ),
             (&["--demo-rate", "0"][..], "--demo-rate"),
+            (
+                &["--max-webhooks-per-organization", "0"][..],
+                "--max-webhooks-per-organization",
+            ),
             (&["serve", "--demo-rate", "fast"][..], "--demo-rate"),
         ] {
             let message = parse(args).unwrap_err().to_string();

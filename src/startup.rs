@@ -104,6 +104,7 @@ impl Application {
             limits: Limits {
                 max_event_bytes: config.max_event_bytes as usize,
                 max_body_bytes: config.max_body_bytes as usize,
+                max_webhooks_per_organization: config.max_webhooks_per_organization as usize,
             },
             openapi: crate::openapi::document(),
             deliverer,

@@ -19,6 +19,8 @@ use crate::webhooks::worker::Deliverer;
 pub struct Limits {
     pub max_event_bytes: usize,
     pub max_body_bytes: usize,
+    /// Webhook endpoints one organization may have.
+    pub max_webhooks_per_organization: usize,
 }
 
 /// What every handler shares.

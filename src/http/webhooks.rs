@@ -234,7 +234,8 @@ async fn visible_webhook(
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
     request_body(content = crate::openapi::NewWebhookBody, content_type = "application/json"),
     responses((status = 201, body = CreatedWebhook), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 409, description = "The organization has as many endpoints as it may", body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_webhook(
     req: HttpRequest,
@@ -275,7 +276,18 @@ pub async fn create_webhook(
         last_success_ms: None,
         disabled_reason: None,
     };
-    state.store.create_webhook(webhook.clone()).await?;
+    let limit = state.limits.max_webhooks_per_organization;
+    state
+        .store
+        .create_webhook(webhook.clone(), limit)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::LimitReached(limit) => ApiError::Conflict(format!(
+                "this organization already has {limit} webhook endpoints, the most it may have \
+                 (CPOD_MAX_WEBHOOKS_PER_ORGANIZATION); delete one first"
+            )),
+            other => other.into(),
+        })?;
     tracing::info!(webhook = %webhook.id, organization = webhook.organization_id.as_str(), "webhook created");
     Ok(HttpResponse::Created().json(CreatedWebhook {
         view: WebhookView::from(&webhook),

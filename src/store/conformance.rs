@@ -89,6 +89,7 @@ suite!(sqlite, super::sqlite;
     retention_hides_expired_events_at_once_and_pruning_removes_them,
     the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes,
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
+    concurrent_webhook_creations_never_pass_the_organization_limit,
 );
 
 /// Opens a fresh store of one backend with this retention.
@@ -326,7 +327,7 @@ async fn a_delivery_lease_excludes_other_claims_until_it_runs_out_and_is_then_ta
     open: Opener,
 ) {
     let h = open(i64::MAX / 2).await;
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     append(&h.store, 1).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let claimed = h
@@ -399,7 +400,7 @@ async fn a_released_lease_is_claimable_at_once_and_attempts_are_numbered_without
     open: Opener,
 ) {
     let h = open(i64::MAX / 2).await;
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     append(&h.store, 1).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let claimed = h
@@ -530,7 +531,7 @@ async fn the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes
     let key_id = key.record.id;
     h.store.create_key(key, None).await.unwrap();
     h.store.revoke_key(key_id, Some(event(9))).await.unwrap();
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     for (reader, first) in [(&mut from_start, 1), (&mut from_two, 3)] {
         let mut positions = Vec::new();
         let mut changes = Vec::new();
@@ -581,4 +582,22 @@ async fn a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_
     append(&h.store, 1).await;
     let commit = reader.next().await.unwrap();
     assert_eq!(commit.events[0].position, commits as i64 + 1);
+}
+
+async fn concurrent_webhook_creations_never_pass_the_organization_limit(open: Opener) {
+    let h = open(60_000).await;
+    let attempts = (0..30).map(|_| h.store.create_webhook(webhook(h.now()), 7));
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 7);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(StoreError::LimitReached(7))))
+    );
+    assert_eq!(h.store.webhooks(Some(org())).await.unwrap().len(), 7);
+    // Another organization is counted apart.
+    let mut elsewhere = webhook(h.now());
+    elsewhere.organization_id = "org-other".into();
+    h.store.create_webhook(elsewhere, 7).await.unwrap();
 }

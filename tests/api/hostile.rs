@@ -2,7 +2,10 @@
 //! stalled bodies, malformed HTTP, oversized and fragmented WebSocket frames, endpoint floods.
 //! Several tests speak raw TCP, since a well-behaved client library would not send their bytes.
 
-use crate::helpers::{ADMIN_KEY, BrokerProcess};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, json_of, spawn_app_with};
 
 /// The broker's metrics text.
 async fn metrics(url: &str) -> String {
@@ -64,4 +67,111 @@ async fn request_metrics_label_unknown_methods_as_other_and_do_not_grow() {
         after.contains("method=\"other\""),
         "unknown methods are counted as `other`"
     );
+}
+
+#[tokio::test]
+async fn an_organization_holds_at_most_100_webhook_endpoints_by_default() {
+    let app = spawn_app_with(&["--webhook-allow-private", "true", "--sqlite-sync", "off"]).await;
+    let app_key = app.key("org-a", "app").await;
+    let endpoint = |i: usize| json!({"url": format!("http://127.0.0.1:9/{i}")});
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let created = json_of(
+            app.post_json(&app_key, "/v1/webhooks", &endpoint(i))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::CREATED,
+        )
+        .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let refused = assert_error(
+        app.post_json(&app_key, "/v1/webhooks", &endpoint(100))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CONFLICT,
+        "conflict",
+        None,
+    )
+    .await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100"),
+        "{refused}"
+    );
+    let listed = json_of(
+        app.get(&app_key, "/v1/webhooks").send().await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        100,
+        "nothing was added"
+    );
+    // Another organization has its own allowance.
+    let other = app.key("org-b", "app").await;
+    json_of(
+        app.post_json(&other, "/v1/webhooks", &endpoint(0))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    // Deleting one frees its place.
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/webhooks/{}", ids[0])))
+        .bearer_auth(&app_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    json_of(
+        app.post_json(&app_key, "/v1/webhooks", &endpoint(100))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_webhook_endpoint_cap_is_a_setting_and_holds_under_concurrent_creation() {
+    let app = spawn_app_with(&[
+        "--webhook-allow-private",
+        "true",
+        "--max-webhooks-per-organization",
+        "5",
+    ])
+    .await;
+    let app_key = app.key("org-a", "app").await;
+    let attempts = (0..20).map(|i| {
+        app.post_json(
+            &app_key,
+            "/v1/webhooks",
+            &json!({"url": format!("http://127.0.0.1:9/{i}")}),
+        )
+        .send()
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, refused), (5, 15), "{statuses:?}");
 }

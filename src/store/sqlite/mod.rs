@@ -518,8 +518,17 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn create_webhook(&self, webhook: WebhookRecord) -> Result<(), StoreError> {
+    pub(super) async fn create_webhook(
+        &self,
+        webhook: WebhookRecord,
+        max_per_organization: usize,
+    ) -> Result<(), StoreError> {
         self.write(move |context| {
+            // The writer is the only one: counting and inserting in one job is atomic.
+            let existing = webhooks::count_webhooks(context.conn, &webhook.organization_id)?;
+            if existing >= max_per_organization {
+                return Err(StoreError::LimitReached(max_per_organization));
+            }
             webhooks::insert_webhook(context.conn, &webhook)?;
             context.webhooks_changed();
             Ok(())
