@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
-use crate::filter::{OrgScope, TypePattern};
+use crate::filter::{MAX_TYPE_PATTERNS, OrgScope, TypePattern, check_type_count};
 use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
 use crate::keys::Role;
@@ -147,22 +147,24 @@ fn parse_fields(body: &[u8], allowed: &[&str]) -> Result<WebhookFields, ApiError
     };
     let types = match object.remove("types") {
         None => None,
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= 100 => Some(
-            items
-                .iter()
-                .map(|v| {
-                    let pattern = v
-                        .as_str()
-                        .ok_or_else(|| ApiError::invalid("types", "types must be strings"))?;
-                    TypePattern::parse(pattern).map_err(ApiError::from)?;
-                    Ok(pattern.to_owned())
-                })
-                .collect::<Result<Vec<_>, ApiError>>()?,
-        ),
+        Some(Value::Array(items)) if !items.is_empty() && check_type_count(items.len()).is_ok() => {
+            Some(
+                items
+                    .iter()
+                    .map(|v| {
+                        let pattern = v
+                            .as_str()
+                            .ok_or_else(|| ApiError::invalid("types", "types must be strings"))?;
+                        TypePattern::parse(pattern).map_err(ApiError::from)?;
+                        Ok(pattern.to_owned())
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()?,
+            )
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "types",
-                "types must be a list of 1 to 100 type patterns",
+                format!("types must be a list of 1 to {MAX_TYPE_PATTERNS} type patterns"),
             ));
         }
     };

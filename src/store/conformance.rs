@@ -90,6 +90,7 @@ suite!(sqlite, super::sqlite;
     the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes,
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
     concurrent_webhook_creations_never_pass_the_organization_limit,
+    history_answers_filters_with_far_more_type_patterns_than_the_domain_allows,
 );
 
 /// Opens a fresh store of one backend with this retention.
@@ -600,4 +601,45 @@ async fn concurrent_webhook_creations_never_pass_the_organization_limit(open: Op
     let mut elsewhere = webhook(h.now());
     elsewhere.organization_id = "org-other".into();
     h.store.create_webhook(elsewhere, 7).await.unwrap();
+}
+
+/// The domain bounds a filter to [`crate::filter::MAX_TYPE_PATTERNS`]; a backend's query must
+/// not have a limit of its own anywhere near it (SQLite's expression depth once made 999
+/// patterns an error).
+async fn history_answers_filters_with_far_more_type_patterns_than_the_domain_allows(open: Opener) {
+    let h = open(60_000).await;
+    let stored = append(&h.store, 3).await;
+    let count = 20 * crate::filter::MAX_TYPE_PATTERNS;
+    let mut filter = Filter::for_scope(OrgScope::One(org()));
+    filter.types = (0..count)
+        .map(|i| {
+            let raw = match i % 3 {
+                0 => format!("custom.x{i}.*"),
+                1 => format!("custom.y{i}"),
+                _ => format!("*.z{i}"),
+            };
+            crate::filter::TypePattern::parse(&raw).unwrap()
+        })
+        .collect();
+    filter
+        .types
+        .push(crate::filter::TypePattern::parse("custom.n").unwrap());
+    filter
+        .types
+        .push(crate::filter::TypePattern::parse("custom.*n").unwrap());
+    let page = h
+        .store
+        .history(HistoryQuery {
+            filter,
+            since_ms: None,
+            until_ms: None,
+            after_position: None,
+            order: Order::Asc,
+            limit: 100,
+        })
+        .await
+        .expect("a long filter is answered");
+    let positions: Vec<i64> = page.events.iter().map(|e| e.position).collect();
+    let expected: Vec<i64> = stored.iter().map(|e| e.position).collect();
+    assert_eq!(positions, expected);
 }

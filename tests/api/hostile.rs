@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, json_of, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, json_of, spawn_app, spawn_app_with};
 
 /// The broker's metrics text.
 async fn metrics(url: &str) -> String {
@@ -174,4 +174,156 @@ async fn the_webhook_endpoint_cap_is_a_setting_and_holds_under_concurrent_creati
         .filter(|s| **s == StatusCode::CONFLICT)
         .count();
     assert_eq!((created, refused), (5, 15), "{statuses:?}");
+}
+
+/// `count` distinct patterns, globs and exact types mixed, joined by commas.
+fn many_patterns(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("custom.p{i}.*")
+            } else {
+                format!("custom.exact{i}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_takes_up_to_100_type_patterns_and_refuses_more_naming_types() {
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    app.emit(
+        &service,
+        &json!({"type": "custom.p98.x", "resourceId": "r", "resourceType": "t"}),
+    )
+    .await;
+    app.emit(
+        &service,
+        &json!({"type": "custom.exact99", "resourceId": "r", "resourceType": "t"}),
+    )
+    .await;
+    app.emit(&service, &crate::helpers::custom("other")).await;
+    let patterns = many_patterns(100);
+    let page = json_of(
+        app.get(
+            &service,
+            &format!("/v1/events?types={}", patterns.join(",")),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let types: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["custom.exact99", "custom.p98.x"]);
+    for count in [101, 999] {
+        let patterns = many_patterns(count);
+        // Comma-separated and repeated count alike.
+        let repeated: Vec<String> = patterns.iter().map(|p| format!("types={p}")).collect();
+        for query in [format!("types={}", patterns.join(",")), repeated.join("&")] {
+            for path in ["/v1/events", "/v1/events/stream"] {
+                let response = app
+                    .get(&service, &format!("{path}?{query}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let body = assert_error(
+                    response,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    Some("types"),
+                )
+                .await;
+                assert!(
+                    body["error"]["message"].as_str().unwrap().contains("100"),
+                    "{body}"
+                );
+            }
+        }
+    }
+    // A pattern longer than an event type can be.
+    let long = format!("custom.{}", "a".repeat(200));
+    assert_error(
+        app.get(&service, &format!("/v1/events?types={long}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("types"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_subscription_and_a_webhook_refuse_more_than_100_type_patterns() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app_with(&["--webhook-allow-private", "true"]).await;
+    let service = app.key("org-a", "service").await;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{}/v1/events/ws",
+            app.address.replace("http://", "ws://")
+        ))
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {service}").parse().unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    for (id, types) in [
+        ("list", json!(many_patterns(101))),
+        ("text", json!(many_patterns(999).join(","))),
+    ] {
+        let frame = json!({"op": "subscribe", "id": id, "filter": {"types": types}});
+        socket.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = loop {
+            match socket.next().await.unwrap().unwrap() {
+                Message::Text(text) => {
+                    break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+                }
+                _ => continue,
+            }
+        };
+        assert_eq!(answer["op"], "error", "{answer}");
+        assert_eq!(answer["code"], "invalid_request", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("100"),
+            "{answer}"
+        );
+    }
+    // 100 are fine.
+    let frame = json!({"op": "subscribe", "id": "ok", "filter": {"types": many_patterns(100)}});
+    socket.send(Message::text(frame.to_string())).await.unwrap();
+    let answer = loop {
+        match socket.next().await.unwrap().unwrap() {
+            Message::Text(text) => break serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(answer, json!({"op": "subscribed", "id": "ok"}));
+
+    assert_error(
+        app.post_json(
+            &service,
+            "/v1/webhooks",
+            &json!({"url": "http://127.0.0.1:9/", "types": many_patterns(101)}),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("types"),
+    )
+    .await;
 }
