@@ -879,7 +879,7 @@ fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
 /// `terms` joined by `OR`, parenthesised as a balanced tree (depth log2 of their number).
 fn push_balanced_or(terms: &[String], sql: &mut String) {
     match terms {
-        [] => sql.push_str("0"),
+        [] => sql.push('0'),
         [one] => sql.push_str(one),
         _ => {
             let (left, right) = terms.split_at(terms.len() / 2);
