@@ -2,10 +2,18 @@
 //! stalled bodies, malformed HTTP, oversized and fragmented WebSocket frames, endpoint floods.
 //! Several tests speak raw TCP, since a well-behaved client library would not send their bytes.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, json_of, spawn_app, spawn_app_with};
+
+/// The `host:port` of a broker's `http://` address.
+fn authority(address: &str) -> &str {
+    address.trim_start_matches("http://")
+}
 
 /// The broker's metrics text.
 async fn metrics(url: &str) -> String {
@@ -326,4 +334,112 @@ async fn a_websocket_subscription_and_a_webhook_refuse_more_than_100_type_patter
         Some("types"),
     )
     .await;
+}
+
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket on a plain TCP stream (so raw bytes can be written under it), with a key.
+async fn raw_websocket(address: &str, key: &str) -> WebSocket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(authority(address))
+        .await
+        .unwrap();
+    let mut request = format!("{}/v1/events/ws", address.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    tokio_tungstenite::client_async(request, tcp)
+        .await
+        .unwrap()
+        .0
+}
+
+/// The next text frame as JSON, or the close frame's code (`None` for a close without one).
+async fn next_frame(socket: &mut WebSocket) -> Result<serde_json::Value, Option<u16>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s");
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("the socket failed: {e}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_frame_larger_than_the_limit_closes_the_socket_with_1009() {
+    let app = spawn_app().await;
+    let reader = app.key("org-a", "reader").await;
+    let mut socket = raw_websocket(&app.address, &reader).await;
+    // The head of a masked 10 MB text frame and its first 64 KiB; the broker must not wait
+    // for (or buffer) the rest.
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(10u64 * 1024 * 1024).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(b'a' ^ 1, 64 * 1024));
+    socket.get_mut().write_all(&frame).await.unwrap();
+    assert_eq!(next_frame(&mut socket).await, Err(Some(1009)));
+}
+
+#[tokio::test]
+async fn a_fragmented_text_message_is_assembled_and_an_oversized_one_closes_with_1009() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+    let mut socket = raw_websocket(&app.address, &service).await;
+    let text = json!({"op": "subscribe", "id": "fragmented", "filter": {"types": ["custom.*"]}})
+        .to_string();
+    let (a, rest) = text.as_bytes().split_at(10);
+    let (b, c) = rest.split_at(20);
+    let fragment =
+        |data: &[u8], opcode, last| Message::Frame(Frame::message(data.to_vec(), opcode, last));
+    socket
+        .send(fragment(a, OpCode::Data(Data::Text), false))
+        .await
+        .unwrap();
+    socket
+        .send(fragment(b, OpCode::Data(Data::Continue), false))
+        .await
+        .unwrap();
+    // A ping may come between fragments (RFC 6455 §5.4).
+    socket
+        .send(Message::Ping(b"x".to_vec().into()))
+        .await
+        .unwrap();
+    socket
+        .send(fragment(c, OpCode::Data(Data::Continue), true))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut socket).await,
+        Ok(json!({"op": "subscribed", "id": "fragmented"}))
+    );
+    app.emit(&service, &crate::helpers::custom("after")).await;
+    let event = next_frame(&mut socket).await.unwrap();
+    assert_eq!(event["op"], "event", "{event}");
+    assert_eq!(event["subscription"], "fragmented");
+
+    // Fragments that together pass the message limit (64 KiB) end the socket with 1009.
+    let chunk = vec![b' '; 40 * 1024];
+    socket
+        .send(fragment(&chunk, OpCode::Data(Data::Text), false))
+        .await
+        .unwrap();
+    socket
+        .send(fragment(&chunk, OpCode::Data(Data::Continue), false))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut socket).await, Err(Some(1009)));
 }
