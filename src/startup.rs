@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::{DatabaseUrl, ServeConfig};
+use crate::http::bodies::BodyBudget;
 use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
@@ -95,6 +96,14 @@ impl Application {
                 shutdown.clone(),
             )),
         ));
+        let body_memory = usize::try_from(config.body_memory).unwrap_or(usize::MAX);
+        if body_memory < config.max_body_bytes as usize {
+            anyhow::bail!(
+                "CPOD_BODY_MEMORY ({}) must be at least CPOD_MAX_BODY_BYTES ({})",
+                config.body_memory,
+                config.max_body_bytes
+            );
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -105,7 +114,12 @@ impl Application {
                 max_event_bytes: config.max_event_bytes as usize,
                 max_body_bytes: config.max_body_bytes as usize,
                 max_webhooks_per_organization: config.max_webhooks_per_organization as usize,
+                body_timeout: config.body_timeout,
             },
+            bodies: BodyBudget::new(
+                body_memory,
+                BodyBudget::per_key_share(body_memory, config.max_body_bytes as usize),
+            ),
             openapi: crate::openapi::document(),
             deliverer,
         });

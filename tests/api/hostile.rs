@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{ADMIN_KEY, BrokerProcess, assert_error, json_of, spawn_app, spawn_app_with};
 
@@ -442,4 +443,157 @@ async fn a_fragmented_text_message_is_assembled_and_an_oversized_one_closes_with
         .await
         .unwrap();
     assert_eq!(next_frame(&mut socket).await, Err(Some(1009)));
+}
+
+/// Opens a connection and sends a request head announcing `content_length` bytes of JSON plus
+/// the first `sent` of them, then stalls.
+async fn stalled_body(address: &str, key: &str, content_length: usize, sent: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(authority(address)).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![b' '; sent]).await.unwrap();
+    tcp
+}
+
+/// Reads one HTTP/1.1 answer from a raw connection: its status and body (read until the
+/// connection closes or `Content-Length` is reached), or `None` if nothing came in `timeout`.
+async fn raw_answer(tcp: &mut TcpStream, timeout: Duration) -> Option<(u16, String, String)> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..end]).into_owned();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                let body = String::from_utf8_lossy(&received[end + 4..end + 4 + length]);
+                return Some((status, head, body.into_owned()));
+            }
+        }
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => {
+                return (!received.is_empty()).then(|| {
+                    let text = String::from_utf8_lossy(&received).into_owned();
+                    let status = text.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+                    (status, text, String::new())
+                });
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+/// Asserts a raw answer is the contract's JSON error with this status and code.
+fn assert_raw_error(answer: Option<(u16, String, String)>, status: u16, code: &str) {
+    let (got, head, body) = answer.expect("an answer");
+    assert_eq!(got, status, "{head}\n\n{body}");
+    let json: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {head}\n\n{body}"));
+    assert_eq!(json["error"]["code"], code, "{json}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408_within_the_body_deadline() {
+    let app = spawn_app_with(&["--body-timeout", "1s"]).await;
+    let service = app.key("org-a", "service").await;
+    let reader = app.key("org-a", "reader").await;
+    let started = tokio::time::Instant::now();
+    let mut stalled = Vec::new();
+    for key in [&service, &reader] {
+        for _ in 0..5 {
+            stalled.push(stalled_body(&app.address, key, 4 * 1024 * 1024, 1000).await);
+        }
+    }
+    for tcp in &mut stalled {
+        assert_raw_error(
+            raw_answer(tcp, Duration::from_secs(5)).await,
+            408,
+            "request_timeout",
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // The broker is fine afterwards.
+    app.emit(&service, &crate::helpers::custom("after")).await;
+}
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded_per_key_and_overall() {
+    // 16 MiB for bodies in flight, so 4 MiB (one largest body) per key.
+    let app = spawn_app_with(&["--body-memory", "16777216", "--body-timeout", "60s"]).await;
+    let small = |key: &str| {
+        app.post_json(key, "/v1/events", &crate::helpers::custom("small"))
+            .send()
+    };
+    let keys = [
+        app.key("org-a", "service").await,
+        app.key("org-b", "service").await,
+        app.key("org-c", "app").await,
+        app.key("org-d", "reader").await,
+    ];
+    let first = stalled_body(&app.address, &keys[0], 4 * 1024 * 1024, 10).await;
+    // Once the stalled body has its share, the same key's next body is refused (429)...
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            small(&keys[0]).await.unwrap().status() == StatusCode::TOO_MANY_REQUESTS
+        })
+        .await,
+        "a key could commit more than its share"
+    );
+    let refused = small(&keys[0]).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+    // ...while other keys still get theirs.
+    assert_eq!(small(&keys[1]).await.unwrap().status(), StatusCode::CREATED);
+    let mut others = Vec::new();
+    for key in &keys[1..] {
+        others.push(stalled_body(&app.address, key, 4 * 1024 * 1024, 10).await);
+    }
+    // With every byte committed, anyone's body is refused with 503.
+    let fifth = app.key("org-e", "service").await;
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            small(&fifth).await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await,
+        "more than the overall budget was committed"
+    );
+    let refused = small(&fifth).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        None,
+    )
+    .await;
+    // Clients that go away give their share back.
+    drop(first);
+    drop(others);
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            small(&fifth).await.unwrap().status() == StatusCode::CREATED
+        })
+        .await
+    );
+    assert_eq!(small(&keys[0]).await.unwrap().status(), StatusCode::CREATED);
 }
