@@ -10,19 +10,71 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+/// Requests refused by actix-http before any handler (malformed HTTP) are logged at debug and
+/// counted ([`ProtocolErrors`]), not at ERROR: any client could flood the log with them.
 pub fn init_logs(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let format: Box<dyn Layer<_> + Send + Sync> = if json {
+        Box::new(format.json())
     } else {
-        builder.try_init()
+        Box::new(format)
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(ProtocolErrors)
+        .with(format)
+        .try_init();
+}
+
+/// Turns actix-http's ERROR for a request it could not parse into a debug line and a count in
+/// `cpod_http_protocol_errors_total`. Other errors of actix-http pass unchanged.
+pub struct ProtocolErrors;
+
+impl ProtocolErrors {
+    const PREFIX: &'static str = "stream error: request parse error";
+}
+
+/// The `message` of an event.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ProtocolErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let metadata = event.metadata();
+        if *metadata.level() != tracing::Level::ERROR
+            || !metadata.target().starts_with("actix_http")
+        {
+            return true;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        if !message.0.starts_with(Self::PREFIX) {
+            return true;
+        }
+        metrics::counter!("cpod_http_protocol_errors_total").increment(1);
+        let reason = message.0[Self::PREFIX.len()..].trim_start_matches([':', ' ']);
+        tracing::debug!(reason, "refused a request that is not valid HTTP/1.1");
+        false
+    }
 }
 
 /// The Prometheus recorder, installed on first use (once per process: tests start many brokers

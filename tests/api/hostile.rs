@@ -597,3 +597,140 @@ async fn bodies_in_flight_are_bounded_per_key_and_overall() {
     );
     assert_eq!(small(&keys[0]).await.unwrap().status(), StatusCode::CREATED);
 }
+
+/// Sends `request` on a fresh connection (writing and reading at once, so that a broker which
+/// answers before the request is all sent is heard) and reads the answer.
+async fn raw_exchange(address: &str, request: Vec<u8>) -> Option<(u16, String, String)> {
+    let tcp = TcpStream::connect(authority(address)).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let answer = loop {
+        match tokio::time::timeout(Duration::from_secs(5), read.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => {
+                received.extend_from_slice(&buffer[..n]);
+                if let Some(answer) = parse_answer(&received) {
+                    break Some(answer);
+                }
+            }
+            _ => break parse_answer(&received),
+        }
+    };
+    writer.abort();
+    answer
+}
+
+/// A complete HTTP/1.1 answer at the start of `bytes`: status, head and body.
+fn parse_answer(bytes: &[u8]) -> Option<(u16, String, String)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let body = bytes.get(end + 4..end + 4 + length)?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// Requests actix-http refuses before any handler sees them, with the status each gets.
+fn malformed_requests() -> Vec<(&'static str, Vec<u8>, u16)> {
+    let get =
+        |headers: &str| format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n").into_bytes();
+    let many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    vec![
+        (
+            "duplicate Content-Length",
+            get("Content-Length: 1\r\nContent-Length: 2\r\n"),
+            400,
+        ),
+        ("bad Content-Length", get("Content-Length: 1x\r\n"), 400),
+        (
+            "Transfer-Encoding with Content-Length",
+            get("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"),
+            400,
+        ),
+        (
+            "unknown Transfer-Encoding",
+            get("Transfer-Encoding: gzip, chunked, x\r\n"),
+            400,
+        ),
+        ("NUL in a header", get("X-A: a\0b\r\n"), 400),
+        (
+            "100 KB URI",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000)).into_bytes(),
+            400,
+        ),
+        (
+            "1 MB header",
+            get(&format!("X-Big: {}\r\n", "b".repeat(1 << 20))),
+            431,
+        ),
+        ("300 headers", get(&many_headers), 431),
+        ("not HTTP", b"HELLO\r\n\r\n".to_vec(), 400),
+    ]
+}
+
+#[tokio::test]
+async fn protocol_level_rejections_answer_the_contract_json_error_and_log_below_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[("CPOD_ADMIN_KEY", ADMIN_KEY), ("RUST_LOG", "info")],
+    );
+    for (name, request, status) in malformed_requests() {
+        let answer = raw_exchange(&broker.address, request).await;
+        let (got, head, body) = answer.unwrap_or_else(|| panic!("{name}: no answer"));
+        assert_eq!(got, status, "{name}: {head}");
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {head}\n\n{body}"));
+        let code = if status == 400 {
+            "invalid_request"
+        } else {
+            "request_headers_too_large"
+        };
+        assert_eq!(json["error"]["code"], code, "{name}: {json}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{name}: {head}"
+        );
+    }
+    // A refusal after a good request on the same connection is answered too.
+    let mut pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n");
+    let tcp = TcpStream::connect(authority(&broker.address))
+        .await
+        .unwrap();
+    let mut tcp = tcp;
+    tcp.write_all(&pipelined).await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 400 Bad Request\r\n") && text.contains("\"invalid_request\""),
+        "{text}"
+    );
+
+    let metrics = metrics(&broker.address).await;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cpod_http_protocol_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(counted >= 10.0, "counted {counted}:\n{metrics}");
+    let log = broker.stderr();
+    assert!(
+        !log.contains("ERROR"),
+        "protocol errors are logged at ERROR:\n{log}"
+    );
+}
