@@ -734,3 +734,174 @@ async fn protocol_level_rejections_answer_the_contract_json_error_and_log_below_
         "protocol errors are logged at ERROR:\n{log}"
     );
 }
+
+/// The broker's gauge of open streams of one transport.
+async fn open_streams(url: &str, transport: &str) -> f64 {
+    let series = format!("cpod_subscribers{{transport=\"{transport}\"}} ");
+    metrics(url)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Opens an SSE stream on a socket with a tiny receive buffer that is never read.
+async fn unread_stream(address: &str, credential: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket
+        .connect(authority(address).parse().unwrap())
+        .await
+        .unwrap();
+    let request = if credential.starts_with("cpt_") {
+        format!("GET /v1/events/stream?ticket={credential} HTTP/1.1\r\nHost: x\r\n\r\n")
+    } else {
+        format!(
+            "GET /v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {credential}\r\n\r\n"
+        )
+    };
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Stores about 7 MB of events in `org-a`: more than a socket's buffers hold.
+async fn flood(address: &str, service: &str) {
+    let client = reqwest::Client::new();
+    let big = json!({"type": "custom.flood", "resourceId": "r", "resourceType": "t",
+        "payload": {"text": "x".repeat(60_000)}});
+    for _ in 0..2 {
+        let batch = json!({"events": vec![big.clone(); 60]});
+        let response = client
+            .post(format!("{address}/v1/events/batch"))
+            .bearer_auth(service)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+}
+
+/// Reads a raw connection to its end; `true` if the broker ended it within `timeout`.
+async fn ends_within(tcp: &mut TcpStream, timeout: Duration) -> bool {
+    let mut buffer = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn revocation_and_ticket_expiry_end_a_stream_whose_client_does_not_read() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            ("CPOD_ADMIN_KEY", ADMIN_KEY),
+            ("CPOD_HEARTBEAT", "300s"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let service = broker.key(ADMIN_KEY, "service").await;
+    let reader = json_of(
+        client
+            .post(broker.url("/v1/keys"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"organizationId": "org-a", "role": "reader", "name": "slow"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let ticket = json_of(
+        client
+            .post(broker.url("/v1/stream-tickets"))
+            .bearer_auth(&service)
+            .json(&json!({"ttlSeconds": 3}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut by_key = unread_stream(&broker.address, reader["key"].as_str().unwrap()).await;
+    let mut by_ticket = unread_stream(&broker.address, ticket["ticket"].as_str().unwrap()).await;
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            open_streams(&broker.address, "sse").await == 2.0
+        })
+        .await
+    );
+    flood(&broker.address, &service).await;
+
+    let revoked = client
+        .delete(broker.url(&format!("/v1/keys/{}", reader["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let started = tokio::time::Instant::now();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(3), || async {
+            open_streams(&broker.address, "sse").await <= 1.0
+        })
+        .await,
+        "the revoked key's stream is still open after {:?}",
+        started.elapsed()
+    );
+    assert!(ends_within(&mut by_key, Duration::from_secs(5)).await);
+    // The ticket expires 3 s after it was made.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(6), || async {
+            open_streams(&broker.address, "sse").await == 0.0
+        })
+        .await,
+        "the expired ticket's stream is still open"
+    );
+    assert!(ends_within(&mut by_ticket, Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_stream_whose_client_does_not_read_at_once() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut broker = BrokerProcess::start(
+        dir.path(),
+        &[
+            ("CPOD_ADMIN_KEY", ADMIN_KEY),
+            ("CPOD_HEARTBEAT", "300s"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let service = broker.key(ADMIN_KEY, "service").await;
+    let reader = broker.key(ADMIN_KEY, "reader").await;
+    let _stream = unread_stream(&broker.address, &reader).await;
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            open_streams(&broker.address, "sse").await == 1.0
+        })
+        .await
+    );
+    flood(&broker.address, &service).await;
+    let started = std::time::Instant::now();
+    unsafe { libc::kill(broker.child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the broker took {:?} to stop",
+        started.elapsed()
+    );
+}
