@@ -39,8 +39,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the broker is shutting down")]
     Unavailable,
+    /// 503 `unavailable` for want of capacity (not shutting down): worth retrying at once.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -89,7 +94,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::Unavailable | ApiError::Overloaded(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -134,7 +140,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +167,13 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        if let ApiError::Overloaded(_) = self {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: this connection cannot carry another request.
+            response.force_close();
         }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((

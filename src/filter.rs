@@ -11,6 +11,10 @@ use crate::event::{
     FieldError, MAX_TYPE_LEN, OrganizationId, ResourceId, ResourceType, WorkspaceId,
 };
 
+/// The most type patterns one filter (a history query, a stream, a WebSocket subscription, a
+/// webhook endpoint) may hold. Each is at most [`MAX_TYPE_LEN`] characters.
+pub const MAX_TYPE_PATTERNS: usize = 100;
+
 /// One type pattern, e.g. `pod.*`, `*.failed`, `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypePattern(String);
@@ -138,15 +142,28 @@ impl Filter {
     }
 }
 
-/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`).
+/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`): at
+/// most [`MAX_TYPE_PATTERNS`], each checked by [`TypePattern::parse`].
 pub fn parse_type_list<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<TypePattern>, FieldError> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(','))
+    let raw: Vec<&str> = values.into_iter().flat_map(|v| v.split(',')).collect();
+    check_type_count(raw.len())?;
+    raw.into_iter()
         .map(|p| TypePattern::parse(p.trim()))
         .collect()
+}
+
+/// Refuses a list of more than [`MAX_TYPE_PATTERNS`] patterns (counted before any is parsed, so
+/// a huge list costs nothing more).
+pub fn check_type_count(count: usize) -> Result<(), FieldError> {
+    if count > MAX_TYPE_PATTERNS {
+        return Err(FieldError::new(
+            "types",
+            format!("types holds at most {MAX_TYPE_PATTERNS} patterns (got {count})"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -199,6 +216,25 @@ mod tests {
         let names: Vec<&str> = list.iter().map(TypePattern::as_str).collect();
         assert_eq!(names, ["pod.*", "job.failed", "custom.*"]);
         assert!(parse_type_list(["pod.*,"]).is_err());
+    }
+
+    #[test]
+    fn a_type_list_holds_at_most_the_maximum_number_of_patterns() {
+        let at_most: Vec<String> = (0..MAX_TYPE_PATTERNS).map(|i| format!("a.b{i}")).collect();
+        assert_eq!(
+            parse_type_list(at_most.iter().map(String::as_str))
+                .unwrap()
+                .len(),
+            MAX_TYPE_PATTERNS
+        );
+        let joined = format!("{},a.more", at_most.join(","));
+        let error = parse_type_list([joined.as_str()]).unwrap_err();
+        assert_eq!(error.field, "types");
+        assert!(error.message.contains("at most 100"), "{}", error.message);
+        let repeated = at_most.iter().map(String::as_str).chain(["a.more"]);
+        assert!(parse_type_list(repeated).is_err());
+        let long = format!("a.{}", "b".repeat(MAX_TYPE_LEN));
+        assert_eq!(parse_type_list([long.as_str()]).unwrap_err().field, "types");
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! - [`http::keys`] — `/v1/keys`
 //! - [`http::webhooks`] — `/v1/webhooks`
 //! - [`http::ops`]  — `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
+//! - [`http::bodies`] — what request bodies in flight may cost (memory budget; the deadline)
+//! - [`http::connection`] — the server and its connections: JSON for malformed HTTP, closing a
+//!   connection from a stream
 //! - [`http::dashboard`] — `/` and its assets (`static/`: the dashboard and `/sdk.js`)
 //! - [`retention`]  — pruning of expired events
 //! - [`telemetry`]  — logs, the Prometheus recorder, request metrics

@@ -1,6 +1,8 @@
 //! The HTTP edge: one module per area, each with its `configure`, and the strict readers of
 //! bodies, headers and query strings they share (so every malformed input is a contract error).
 
+pub mod bodies;
+pub mod connection;
 pub mod dashboard;
 pub mod history;
 pub mod ingest;
@@ -14,10 +16,12 @@ pub mod wire;
 pub mod ws;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, web};
+use actix_web::{HttpMessage, HttpRequest, web};
 use futures_util::StreamExt;
 
 use crate::error::{ApiError, payload_error};
+use crate::http::bodies::BodyOwner;
+use crate::http::state::AppState;
 
 /// Registers every route, and JSON answers for unknown paths.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -51,7 +55,9 @@ pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads the whole body, refusing (413) anything over `limit` bytes before reading it when
-/// `Content-Length` tells, and as soon as it grows past it otherwise.
+/// `Content-Length` tells, and as soon as it grows past it otherwise. The bytes are committed
+/// against the broker's body budget first ([`bodies`]: 429/503 when it is spent), and the body
+/// must arrive within the body deadline (408 `request_timeout` otherwise).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -67,15 +73,40 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(payload_error)?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState is not registered")))?;
+    let owner = req
+        .extensions()
+        .get::<BodyOwner>()
+        .copied()
+        .unwrap_or(BodyOwner(uuid::Uuid::nil()));
+    let capacity = declared.unwrap_or(1024).min(limit);
+    let mut reservation = state.bodies.reserve(owner, capacity)?;
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(capacity);
+        let mut reserved = capacity;
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(payload_error)?;
+            let length = body.len() + chunk.len();
+            if length > limit {
+                return Err(too_large());
+            }
+            if length > reserved {
+                reservation.grow(length - reserved)?;
+                reserved = length;
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    let timeout = state.limits.body_timeout;
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        ))
+    })?
 }
 
 /// The query string as name/value pairs, taken out one parameter at a time so that an unknown

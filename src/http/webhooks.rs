@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
-use crate::filter::{OrgScope, TypePattern};
+use crate::filter::{MAX_TYPE_PATTERNS, OrgScope, TypePattern, check_type_count};
 use crate::http::state::AppState;
 use crate::http::wire::{
     AttemptView, CreatedWebhook, DeliveryPage, DeliveryView, NewWebhookBody, RotatedSecret,
@@ -27,7 +27,6 @@ use crate::webhooks::url_guard;
 const MAX_BODY: usize = 64 * 1024;
 const MAX_DESCRIPTION: usize = 500;
 const MAX_URL: usize = 2048;
-const MAX_TYPES: usize = 100;
 /// How long the previous secret keeps signing after a rotation.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 const MANAGERS: [Role; 3] = [Role::Admin, Role::Service, Role::App];
@@ -83,10 +82,10 @@ fn checked_url(url: String) -> Result<String, ApiError> {
 
 /// Type patterns from a body: 1 to 100 valid ones.
 fn checked_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
-    if types.is_empty() || types.len() > MAX_TYPES {
+    if types.is_empty() || check_type_count(types.len()).is_err() {
         return Err(ApiError::invalid(
             "types",
-            format!("types must be a list of 1 to {MAX_TYPES} type patterns"),
+            format!("types must be a list of 1 to {MAX_TYPE_PATTERNS} type patterns"),
         ));
     }
     for pattern in &types {
@@ -140,7 +139,8 @@ async fn visible_webhook(
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
     request_body(content = NewWebhookBody, content_type = "application/json"),
     responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The organization has as many endpoints as it may", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_webhook(
     req: HttpRequest,
@@ -181,7 +181,18 @@ pub async fn create_webhook(
         last_success_ms: None,
         disabled_reason: None,
     };
-    state.store.create_webhook(webhook.clone()).await?;
+    let limit = state.limits.max_webhooks_per_organization;
+    state
+        .store
+        .create_webhook(webhook.clone(), limit)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::LimitReached(limit) => ApiError::Conflict(format!(
+                "this organization already has {limit} webhook endpoints, the most it may have \
+                 (CPOD_MAX_WEBHOOKS_PER_ORGANIZATION); delete one first"
+            )),
+            other => other.into(),
+        })?;
     tracing::info!(webhook = %webhook.id, organization = webhook.organization_id.as_str(), "webhook created");
     Ok(HttpResponse::Created().json(CreatedWebhook {
         view: WebhookView::from(&webhook),
