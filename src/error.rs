@@ -1,6 +1,7 @@
 //! The one error type every HTTP answer goes through: the contract's
 //! `{"error": {"code", "message", "param"}}` (§7). The body and the code table (each code's
-//! status) are the wire crate's ([`cpod_proto::error`]), which the clients read them with.
+//! status) are the wire crate's ([`cpod_proto::error`]), which the clients read them with and
+//! which the OpenAPI document describes (its `openapi` feature).
 //!
 //! Handlers return `Result<_, ApiError>`; extractor failures (body too large, bad JSON, bad
 //! query, bad path) and unknown routes are mapped here too, so no failure escapes as actix's
@@ -9,7 +10,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use cpod_proto::{ErrorBody, ErrorCode};
+pub use cpod_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::event::FieldError;
 
@@ -26,8 +27,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        /// The methods the path takes, for the `Allow` header.
+        allow: &'static str,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -36,8 +41,13 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the broker is shutting down")]
     Unavailable,
+    /// 503 `unavailable` for want of capacity (not shutting down): worth retrying at once.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -86,12 +96,13 @@ impl ApiError {
             ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
-            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
-            ApiError::Unavailable => ErrorCode::Unavailable,
+            ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            ApiError::Unavailable | ApiError::Overloaded(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -125,6 +136,16 @@ impl ResponseError for ApiError {
         if let ApiError::RateLimited { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        if let ApiError::Overloaded(_) = self {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: this connection cannot carry another request.
+            response.force_close();
+        }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((
                 header::WWW_AUTHENTICATE,
@@ -149,13 +170,17 @@ pub async fn unknown_route() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such endpoint".into()))
 }
 
-/// The answer for a known path with a method it does not take.
-pub async fn method_not_allowed(
-    req: actix_web::HttpRequest,
-) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.path()
-    )))
+/// The route for the methods a known path does not take: 405 naming them in `Allow`
+/// (`allow`: e.g. `"GET, POST"`).
+pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    actix_web::web::to(move |req: actix_web::HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+            message: format!(
+                "{} is not allowed on {}; use {allow}",
+                req.method(),
+                req.path()
+            ),
+            allow,
+        })
+    })
 }

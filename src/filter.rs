@@ -8,7 +8,9 @@
 use crate::event::{FieldError, OrganizationId, ResourceId, ResourceType, WorkspaceId};
 use cpod_proto::filter::Criteria;
 
-pub use cpod_proto::filter::{EventKey, TypePattern, parse_type_list};
+pub use cpod_proto::filter::{
+    EventKey, MAX_TYPE_PATTERNS, TypePattern, check_type_count, parse_type_list,
+};
 
 /// The organizations a reader sees.
 #[derive(Debug, Clone, PartialEq, Eq)]

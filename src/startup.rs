@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::{DatabaseUrl, ServeConfig};
+use crate::http::bodies::BodyBudget;
 use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
@@ -95,6 +96,14 @@ impl Application {
                 shutdown.clone(),
             )),
         ));
+        let body_memory = usize::try_from(config.body_memory).unwrap_or(usize::MAX);
+        if body_memory < config.max_body_bytes as usize {
+            anyhow::bail!(
+                "CPOD_BODY_MEMORY ({}) must be at least CPOD_MAX_BODY_BYTES ({})",
+                config.body_memory,
+                config.max_body_bytes
+            );
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -104,7 +113,13 @@ impl Application {
             limits: Limits {
                 max_event_bytes: config.max_event_bytes as usize,
                 max_body_bytes: config.max_body_bytes as usize,
+                max_webhooks_per_organization: config.max_webhooks_per_organization as usize,
+                body_timeout: config.body_timeout,
             },
+            bodies: BodyBudget::new(
+                body_memory,
+                BodyBudget::per_key_share(body_memory, config.max_body_bytes as usize),
+            ),
             openapi: crate::openapi::document(),
             deliverer,
         });
@@ -116,30 +131,21 @@ impl Application {
             .workers
             .map(|n| n.get() as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .wrap(from_fn(crate::telemetry::record_request))
-                .configure(crate::http::configure)
-                .default_service(web::to(crate::error::unknown_route))
-        })
-        .workers(workers)
-        .backlog(4096)
-        // Stream frames are small and latency-bound: never let Nagle hold one back.
-        .on_connect(|connection, _| {
-            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        // A subscriber that closes its socket ends its stream at once (the read side sees the
-        // EOF), instead of lingering until a write fails: a stream whose filter matches nothing
-        // would otherwise hold its memory and wake for every event of its organization until
-        // the next heartbeat.
-        .h1_allow_half_closed(false)
-        .disable_signals()
-        .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
-        .listen(listener)?
-        .run();
+        let server = crate::http::connection::serve(
+            listener,
+            crate::http::connection::ServerSettings {
+                workers,
+                shutdown_timeout: Duration::from_secs(GRACEFUL_TIMEOUT_SECS),
+                shutdown: shutdown.clone(),
+            },
+            move || {
+                App::new()
+                    .app_data(state.clone())
+                    .wrap(from_fn(crate::telemetry::record_request))
+                    .configure(crate::http::configure)
+                    .default_service(web::to(crate::error::unknown_route))
+            },
+        )?;
 
         tasks.push((
             "retention",

@@ -31,16 +31,22 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// 415: a body that is not JSON.
     UnsupportedMediaType,
-    /// 429: over the key's rate; `Retry-After` says when to come back.
+    /// 408: a request body that did not arrive in time (the connection is closed).
+    RequestTimeout,
+    /// 429: over the key's rate, or over its share of the memory for bodies in flight;
+    /// `Retry-After` says when to come back.
     RateLimited,
-    /// 503: the broker is shutting down.
+    /// 431: a request head (request line and headers) over its limit, refused before it is
+    /// read.
+    RequestHeadersTooLarge,
+    /// 503: the broker is shutting down, or has no memory left for one more body in flight.
     Unavailable,
     /// 500: the broker failed; its log has the cause.
     Internal,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 11] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -49,7 +55,9 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
+        ErrorCode::RequestTimeout,
         ErrorCode::RateLimited,
+        ErrorCode::RequestHeadersTooLarge,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -80,7 +88,9 @@ impl ErrorCode {
             ErrorCode::Conflict => ("conflict", 409),
             ErrorCode::PayloadTooLarge => ("payload_too_large", 413),
             ErrorCode::UnsupportedMediaType => ("unsupported_media_type", 415),
+            ErrorCode::RequestTimeout => ("request_timeout", 408),
             ErrorCode::RateLimited => ("rate_limited", 429),
+            ErrorCode::RequestHeadersTooLarge => ("request_headers_too_large", 431),
             ErrorCode::Unavailable => ("unavailable", 503),
             ErrorCode::Internal => ("internal", 500),
         }
@@ -115,7 +125,8 @@ pub struct ErrorBody {
 )]
 pub struct ErrorDetail {
     /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed, conflict,
-    /// payload_too_large, unsupported_media_type, rate_limited, unavailable, internal.
+    /// payload_too_large, unsupported_media_type, request_timeout, rate_limited,
+    /// request_headers_too_large, unavailable, internal.
     pub code: String,
     /// The explanation, meant for people.
     pub message: String,
@@ -178,6 +189,8 @@ mod tests {
         assert_eq!(ErrorCode::parse("teapot"), None);
         assert_eq!(ErrorCode::InvalidRequest.status(), 400);
         assert_eq!(ErrorCode::Unavailable.status(), 503);
+        assert_eq!(ErrorCode::RequestTimeout.status(), 408);
+        assert_eq!(ErrorCode::RequestHeadersTooLarge.status(), 431);
     }
 
     #[test]

@@ -94,7 +94,12 @@ impl AsRef<str> for TypePattern {
     }
 }
 
-/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`).
+/// The most type patterns one filter (a history query, a stream, a WebSocket subscription, a
+/// webhook endpoint) may hold. Each is at most [`MAX_TYPE_LEN`] characters.
+pub const MAX_TYPE_PATTERNS: usize = 100;
+
+/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`): at
+/// most [`MAX_TYPE_PATTERNS`], each checked by [`TypePattern::parse`].
 ///
 /// ```
 /// let list = cpod_proto::filter::parse_type_list(["pod.*,job.failed", "custom.*"]).unwrap();
@@ -103,11 +108,28 @@ impl AsRef<str> for TypePattern {
 pub fn parse_type_list<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<TypePattern>, FieldError> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(','))
+    let raw: Vec<&str> = values.into_iter().flat_map(|v| v.split(',')).collect();
+    check_type_count(raw.len())?;
+    raw.into_iter()
         .map(|p| TypePattern::parse(p.trim()))
         .collect()
+}
+
+/// Refuses a list of more than [`MAX_TYPE_PATTERNS`] patterns (counted before any is parsed, so
+/// a huge list costs nothing more).
+///
+/// ```
+/// assert!(cpod_proto::filter::check_type_count(100).is_ok());
+/// assert_eq!(cpod_proto::filter::check_type_count(101).unwrap_err().field, "types");
+/// ```
+pub fn check_type_count(count: usize) -> Result<(), FieldError> {
+    if count > MAX_TYPE_PATTERNS {
+        return Err(FieldError::new(
+            "types",
+            format!("types holds at most {MAX_TYPE_PATTERNS} patterns (got {count})"),
+        ));
+    }
+    Ok(())
 }
 
 /// The fields of an event a filter looks at.
@@ -235,6 +257,25 @@ mod tests {
         let names: Vec<&str> = list.iter().map(TypePattern::as_str).collect();
         assert_eq!(names, ["pod.*", "job.failed", "custom.*"]);
         assert!(parse_type_list(["pod.*,"]).is_err());
+    }
+
+    #[test]
+    fn a_type_list_holds_at_most_the_maximum_number_of_patterns() {
+        let at_most: Vec<String> = (0..MAX_TYPE_PATTERNS).map(|i| format!("a.b{i}")).collect();
+        assert_eq!(
+            parse_type_list(at_most.iter().map(String::as_str))
+                .unwrap()
+                .len(),
+            MAX_TYPE_PATTERNS
+        );
+        let joined = format!("{},a.more", at_most.join(","));
+        let error = parse_type_list([joined.as_str()]).unwrap_err();
+        assert_eq!(error.field, "types");
+        assert!(error.message.contains("at most 100"), "{}", error.message);
+        let repeated = at_most.iter().map(String::as_str).chain(["a.more"]);
+        assert!(parse_type_list(repeated).is_err());
+        let long = format!("a.{}", "b".repeat(MAX_TYPE_LEN));
+        assert_eq!(parse_type_list([long.as_str()]).unwrap_err().field, "types");
     }
 
     #[test]

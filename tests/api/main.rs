@@ -6,6 +6,7 @@ mod demo;
 mod durability;
 mod helpers;
 mod history;
+mod hostile;
 mod ingest;
 mod keys;
 mod ops;
