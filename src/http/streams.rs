@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
 use crate::http::history::{parse_filter, parse_time};
@@ -207,7 +207,6 @@ impl Drop for DeliveryCounter {
     request_body(content = Option<TicketRequest>, content_type = "application/json", description = "Optional"),
     responses(
         (status = 201, body = TicketBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -270,15 +270,37 @@ pub struct DeliveryPage {
 #[allow(dead_code)]
 pub struct HistoryParams {
     /// Required for admin keys (`*`: every organization).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(\*|[\x21-\x29\x2B\x2D-\x7E]+)$"
+    )]
     organization_id: Option<String>,
     /// Type globs, comma-separated or repeated: `pod.*,job.failed`.
+    #[param(
+        min_length = 1,
+        pattern = r"^[a-z0-9_.*-]{1,128}(,[a-z0-9_.*-]{1,128})*$"
+    )]
     types: Option<String>,
+    #[param(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
     resource_type: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     workspace_id: Option<String>,
     /// ISO 8601, inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// ISO 8601, exclusive.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// 1 to 1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
@@ -297,18 +319,63 @@ pub struct HistoryParams {
 #[allow(dead_code)]
 pub struct StreamParams {
     /// Required for admin keys (`*`: every organization).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(\*|[\x21-\x29\x2B\x2D-\x7E]+)$"
+    )]
     organization_id: Option<String>,
     /// Type globs, comma-separated or repeated.
+    #[param(
+        min_length = 1,
+        pattern = r"^[a-z0-9_.*-]{1,128}(,[a-z0-9_.*-]{1,128})*$"
+    )]
     types: Option<String>,
+    #[param(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
     resource_type: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     workspace_id: Option<String>,
     /// Replay after this event id, then go live (the Last-Event-ID header wins).
     last_event_id: Option<String>,
     /// Replay from this time (ISO 8601), then go live.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// A stream ticket, for clients that cannot send headers.
     ticket: Option<String>,
+}
+
+/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(pattern = "^(ok|ready)$")]
+    pub status: &'static str,
+}
+
+/// The answer of `DELETE /v1/webhooks/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedWebhook {
+    pub id: Uuid,
+    /// Always `true`.
+    pub deleted: bool,
+}
+
+/// The answer of `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedDelivery {
+    pub id: Uuid,
+    /// Always `pending`.
+    #[schema(pattern = "^pending$")]
+    pub status: &'static str,
 }
 
 /// A key as listed: never its secret.
