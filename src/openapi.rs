@@ -5,6 +5,7 @@
 //! It sits above the HTTP layer: it reads the handlers, no handler reads it.
 
 use utoipa::openapi::header::Header;
+use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBody;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
@@ -17,7 +18,7 @@ use crate::event::{Event, NewEventBody};
 use crate::http::wire::{
     AttemptView, BatchBody, CreatedKey, CreatedWebhook, DeletedWebhook, DeliveryPage, DeliveryView,
     EventList, EventPage, Health, KeyList, KeyView, NewKeyBody, NewWebhookBody, QueuedDelivery,
-    RotatedSecret, TestResult, TicketBody, TicketRequest, WebhookList, WebhookPatchBody,
+    RotatedSecret, TestResult, TicketBody, TicketRequest, TypeGlob, WebhookList, WebhookPatchBody,
     WebhookView,
 };
 
@@ -52,8 +53,8 @@ use crate::http::wire::{
         crate::http::dashboard::index,
         crate::http::dashboard::sdk,
     ),
-    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery)),
-    modifiers(&BearerAuth, &CommonResponses),
+    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob)),
+    modifiers(&BearerAuth, &CommonResponses, &Links),
     tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]
 pub struct ApiDoc;
@@ -266,6 +267,102 @@ fn never_null(body: &mut RequestBody) {
         let mut rest = one_of.items.iter().filter(|s| !is_null(s));
         if let (Some(only), None) = (rest.next(), rest.next()) {
             content.schema = Some(only.clone());
+        }
+    }
+}
+
+/// OpenAPI links: where the id a creation answers is used next, so that clients and tools that
+/// follow links (schemathesis' stateful phase) reach existing resources.
+struct Links;
+
+/// (operation, status, link name, target operation, the target's `id` from the answer).
+const LINKS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "post_event",
+        "201",
+        "GetEvent",
+        "get_event",
+        "$response.body#/id",
+    ),
+    (
+        "post_batch",
+        "201",
+        "GetFirstEvent",
+        "get_event",
+        "$response.body#/data/0/id",
+    ),
+    (
+        "create_key",
+        "201",
+        "RevokeKey",
+        "revoke_key",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "GetWebhook",
+        "get_webhook",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "UpdateWebhook",
+        "update_webhook",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "RotateSecret",
+        "rotate_secret",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "TestWebhook",
+        "test_webhook",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "ListDeliveries",
+        "list_deliveries",
+        "$response.body#/id",
+    ),
+    (
+        "create_webhook",
+        "201",
+        "DeleteWebhook",
+        "delete_webhook",
+        "$response.body#/id",
+    ),
+];
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations(item) {
+                let Some(id) = operation.operation_id.clone() else {
+                    continue;
+                };
+                for (_, status, name, target, expression) in
+                    LINKS.iter().filter(|(from, ..)| *from == id)
+                {
+                    let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status)
+                    else {
+                        panic!("{id} has no inline {status} answer to link from");
+                    };
+                    let link = LinkBuilder::new()
+                        .operation_id(*target)
+                        .parameter("id", *expression)
+                        .build();
+                    response.links.insert((*name).to_owned(), RefOr::T(link));
+                }
+            }
         }
     }
 }

@@ -200,9 +200,12 @@ fn idempotency_claim(
         return Ok(None);
     };
     let param = "Idempotency-Key";
+    // `to_str` lets a tab through; a key is printable ASCII (spaces allowed) only.
     let key = value
         .to_str()
-        .map_err(|_| ApiError::invalid(param, "Idempotency-Key must be printable ASCII"))?;
+        .ok()
+        .filter(|k| k.bytes().all(|b| (0x20..=0x7E).contains(&b)))
+        .ok_or_else(|| ApiError::invalid(param, "Idempotency-Key must be printable ASCII"))?;
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(ApiError::invalid(
             param,

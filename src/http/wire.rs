@@ -96,6 +96,27 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// An integer field that JSON Schema's `integer` describes: a JSON number whose value is a
+/// whole number, written `60` or `60.0` (both are integers to JSON Schema, and clients such as
+/// JavaScript's `JSON.stringify` of a computed value may send either).
+fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of at least 0, got {number}"
+        ))),
+    }
+}
+
 /// The body of `POST /v1/events/batch`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -130,21 +151,32 @@ pub struct NewKeyBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketRequest {
     /// 1 to 86400, default 3600.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
 }
+
+// Only a schema: the handlers read patterns as strings and parse them as `TypePattern`s.
+/// A type pattern (glob) in a list of `types`: `[a-z0-9_.-]` and `*`, at most 128 characters.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[a-z0-9_.*-]+$")]
+pub struct TypeGlob(#[allow(dead_code)] String);
 
 /// The body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewWebhookBody {
     /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
-    #[schema(min_length = 1, max_length = 2048)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"
+    )]
     pub url: String,
     /// Type patterns, default `["*"]`.
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(value_type = Option<Vec<TypeGlob>>, min_items = 1, max_items = 100)]
     pub types: Option<Vec<String>>,
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
@@ -167,11 +199,17 @@ pub struct NewWebhookBody {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPatchBody {
+    /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 2048)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"
+    )]
     pub url: Option<String>,
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(value_type = Option<Vec<TypeGlob>>, min_items = 1, max_items = 100)]
     pub types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
@@ -510,6 +548,33 @@ mod tests {
         assert_eq!(patch.description, Some(None));
         assert_eq!(patch.resource_type, None);
         assert_eq!(patch.enabled, Some(false));
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_with_a_fraction_of_zero() {
+        for (body, ttl) in [
+            (r#"{"ttlSeconds":60}"#, Some(60)),
+            (r#"{"ttlSeconds":2009.0}"#, Some(2009)),
+            (r#"{"ttlSeconds":6e1}"#, Some(60)),
+            (r#"{"ttlSeconds":null}"#, None),
+            (r#"{}"#, None),
+        ] {
+            let request: TicketRequest = parse_body(body.as_bytes()).unwrap();
+            assert_eq!(request.ttl_seconds, ttl, "{body}");
+        }
+        for body in [
+            r#"{"ttlSeconds":1.5}"#,
+            r#"{"ttlSeconds":-1}"#,
+            r#"{"ttlSeconds":"60"}"#,
+            r#"{"ttlSeconds":1e30}"#,
+        ] {
+            match parse_body::<TicketRequest>(body.as_bytes()) {
+                Err(ApiError::InvalidRequest { param, .. }) => {
+                    assert_eq!(param.as_deref(), Some("ttlSeconds"), "{body}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

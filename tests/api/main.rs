@@ -10,6 +10,7 @@ mod ingest;
 mod keys;
 mod ops;
 mod receiver;
+mod schemathesis;
 mod sdk;
 mod streams;
 mod webhooks;
