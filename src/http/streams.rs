@@ -65,10 +65,15 @@ impl StreamRequest {
             .await?;
         let filter = parse_filter(&principal, params)?;
         let last_event_id = last_event_id_header.or(params.take_one("lastEventId")?);
-        let since = params.take_one("since")?;
+        // Checked even where a Last-Event-ID wins over it: a bad parameter is a 400, never
+        // silently ignored.
+        let since = params
+            .take_one("since")?
+            .map(|since| parse_time("since", &since))
+            .transpose()?;
         let resume = match (last_event_id, since) {
             (Some(id), _) => Resume::AfterEvent(id),
-            (None, Some(since)) => Resume::Since(parse_time("since", &since)?),
+            (None, Some(since)) => Resume::Since(since),
             (None, None) => Resume::Now,
         };
         Ok(Self {
