@@ -163,9 +163,8 @@ async fn run(bin: &Path, app: &TestApp, label: &str, key: &str, examples: u32, s
             &seed.to_string(),
         ])
         // One worker: CPython 3.11 before 3.11.8 breaks when threads parse Python concurrently
-        // (hypothesis does, to describe strategies). `POST /v1/webhooks/{id}/test` may wait
-        // for a generated URL's host up to the webhook timeout.
-        .args(["--workers", "1", "--request-timeout", "20"])
+        // (hypothesis does, to describe strategies).
+        .args(["--workers", "1", "--request-timeout", "5"])
         // Its cache of past crashes goes with the temporary directory, not into the tree.
         .current_dir(app.dir.path())
         .kill_on_drop(true);
