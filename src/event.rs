@@ -215,12 +215,14 @@ pub struct EventDraft {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewEventBody {
-    /// A type from the catalogue, e.g. `pod.failed`, `custom.report.generated`.
+    /// A type from the catalogue, e.g. `pod.failed`, `custom.report.generated`: the
+    /// person, pod, job and credential types by name, or `custom.` and one or more segments
+    /// of `[a-z0-9_-]`.
     #[serde(rename = "type")]
     #[schema(
         min_length = 3,
         max_length = 128,
-        pattern = r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$"
+        pattern = r"^(person\.(created|updated|deleted)|pod\.(created|started|stopped|failed)|job\.(completed|failed)|credential\.(created|revoked)|custom(\.[a-z0-9_-]+)+)$"
     )]
     pub event_type: String,
     #[schema(

@@ -42,8 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 200, description = "One page", body = crate::http::wire::EventPage),
         (status = 400, description = "A parameter is invalid; `param` names it", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 429, body = crate::error::ErrorBody),
+        (status = 403, description = "The key may not read this organization (another one, or `*` without an admin key)", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -141,11 +140,10 @@ pub async fn list_events(
 /// One event by id.
 #[utoipa::path(
     get, path = "/v1/events/{id}", tag = "events",
-    params(("id" = String, Path, description = "The event's id")),
+    params(("id" = uuid::Uuid, Path, description = "The event's id")),
     responses(
         (status = 200, body = crate::event::Event),
         (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

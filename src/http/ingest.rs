@@ -37,14 +37,13 @@ pub fn post_route() -> actix_web::Route {
 #[utoipa::path(
     post, path = "/v1/events", tag = "events",
     request_body(content = NewEventBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")),
     responses(
         (status = 201, description = "Stored (durable)", body = crate::event::Event),
         (status = 400, description = "Invalid event", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 403, description = "The key's role may not emit this type, or it names another organization", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 429, body = ErrorBody),
+        (status = 413, description = "The body, or the event's JSON, is larger than the broker takes", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -75,13 +74,13 @@ pub async fn post_event(
 #[utoipa::path(
     post, path = "/v1/events/batch", tag = "events",
     request_body(content = BatchBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")),
     responses(
         (status = 201, description = "All stored, in order", body = EventList),
         (status = 400, description = "An event is invalid; `param` names its index", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 403, description = "The key's role may not emit one of the types, or it names another organization", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "The body, or an event's JSON, is larger than the broker takes", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -201,9 +200,12 @@ fn idempotency_claim(
         return Ok(None);
     };
     let param = "Idempotency-Key";
+    // `to_str` lets a tab through; a key is printable ASCII (spaces allowed) only.
     let key = value
         .to_str()
-        .map_err(|_| ApiError::invalid(param, "Idempotency-Key must be printable ASCII"))?;
+        .ok()
+        .filter(|k| k.bytes().all(|b| (0x20..=0x7E).contains(&b)))
+        .ok_or_else(|| ApiError::invalid(param, "Idempotency-Key must be printable ASCII"))?;
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(ApiError::invalid(
             param,

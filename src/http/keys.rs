@@ -45,8 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     request_body(content = NewKeyBody, content_type = "application/json"),
     responses(
         (status = 201, body = CreatedKey),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, description = "Not admin, or a service key asking for a service key", body = ErrorBody),
+        (status = 403, description = "Not an admin or service key, a service key asking for a service key, or another organization", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -126,10 +125,10 @@ pub async fn create_key(
 /// List active keys (admin: every organization, or one with `organizationId`; service: its own).
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys",
-    params(("organizationId" = Option<String>, Query, description = "Admin only: one organization's keys")),
+    params(("organizationId" = Option<String>, Query, description = "Admin only: one organization's keys", min_length = 1, max_length = 128, pattern = r"^[\x21-\x29\x2B\x2D-\x7E]+$")),
     responses(
         (status = 200, body = KeyList),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 403, description = "Not an admin or service key, or another organization", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -160,7 +159,6 @@ pub async fn list_keys(
     get, path = "/v1/keys/me", tag = "keys",
     responses(
         (status = 200, body = KeyView),
-        (status = 401, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -180,11 +178,11 @@ pub async fn current_key(
 /// Revoke a key: it gets 401 from then on.
 #[utoipa::path(
     delete, path = "/v1/keys/{id}", tag = "keys",
-    params(("id" = String, Path, description = "The key's id")),
+    params(("id" = Uuid, Path, description = "The key's id")),
     responses(
         (status = 200, description = "Revoked", body = KeyView),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 403, description = "Not an admin or service key, or a service key revoking a service key", body = ErrorBody),
+        (status = 404, description = "No such active key in the caller's organization (or not a UUID)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

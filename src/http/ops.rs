@@ -1,8 +1,8 @@
 //! Operations endpoints (contract §8): liveness, readiness, Prometheus metrics, OpenAPI.
 
+use crate::http::wire::Health;
 use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpResponse, web};
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::http::state::AppState;
@@ -20,19 +20,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// The store answers queries.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
-    (status = 200, description = "Ready"),
+    (status = 200, description = "Ready", body = Health),
     (status = 503, description = "The store does not answer", body = crate::error::ErrorBody)
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.store.ping().await {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        Ok(()) => Ok(HttpResponse::Ok().json(Health { status: "ready" })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             Err(ApiError::Unavailable)

@@ -94,12 +94,11 @@ fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
     get, path = "/v1/events/stream", tag = "streams",
     params(
         crate::http::wire::StreamParams,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over lastEventId and since)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over lastEventId and since)", pattern = r"^[\x20-\x7E]*$"),
     ),
     responses(
         (status = 200, description = "text/event-stream: `retry:`, then `id:`/`data:` messages, `: keep-alive` comments, `event: reset`", content_type = "text/event-stream"),
-        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody),
+        (status = 403, description = "The key may not read this organization (another one, or `*` without an admin key)", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []))
 )]

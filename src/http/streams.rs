@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
 use crate::http::history::{parse_filter, parse_time};
@@ -65,10 +65,15 @@ impl StreamRequest {
             .await?;
         let filter = parse_filter(&principal, params)?;
         let last_event_id = last_event_id_header.or(params.take_one("lastEventId")?);
-        let since = params.take_one("since")?;
+        // Checked even where a Last-Event-ID wins over it: a bad parameter is a 400, never
+        // silently ignored.
+        let since = params
+            .take_one("since")?
+            .map(|since| parse_time("since", &since))
+            .transpose()?;
         let resume = match (last_event_id, since) {
             (Some(id), _) => Resume::AfterEvent(id),
-            (None, Some(since)) => Resume::Since(parse_time("since", &since)?),
+            (None, Some(since)) => Resume::Since(since),
             (None, None) => Resume::Now,
         };
         Ok(Self {
@@ -207,7 +212,6 @@ impl Drop for DeliveryCounter {
     request_body(content = Option<TicketRequest>, content_type = "application/json", description = "Optional"),
     responses(
         (status = 201, body = TicketBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

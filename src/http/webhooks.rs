@@ -15,8 +15,9 @@ use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
 use crate::filter::{MAX_TYPE_PATTERNS, OrgScope, TypePattern, check_type_count};
 use crate::http::state::AppState;
 use crate::http::wire::{
-    AttemptView, CreatedWebhook, DeliveryPage, DeliveryView, NewWebhookBody, RotatedSecret,
-    TestResult, WebhookList, WebhookPatchBody, WebhookView, parse_body,
+    AttemptView, CreatedWebhook, DeletedWebhook, DeliveryPage, DeliveryView, NewWebhookBody,
+    QueuedDelivery, RotatedSecret, TestResult, WebhookList, WebhookPatchBody, WebhookView,
+    parse_body,
 };
 use crate::http::{QueryParams, parse_id, read_body, require_json_content_type};
 use crate::keys::Role;
@@ -138,9 +139,10 @@ async fn visible_webhook(
 /// Create an endpoint; the answer carries its secret, shown this once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
     request_body(content = NewWebhookBody, content_type = "application/json"),
-    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, description = "The organization has as many endpoints as it may", body = ErrorBody)),
+    responses((status = 201, body = CreatedWebhook),
+        (status = 400, description = "A broken rule, or a URL that is not public; `param` names the field", body = ErrorBody),
+        (status = 403, description = "A reader key, or another organization named", body = ErrorBody),
+        (status = 409, description = "The organization has as many endpoints as it may (`CPOD_MAX_WEBHOOKS_PER_ORGANIZATION`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_webhook(
     req: HttpRequest,
@@ -202,8 +204,8 @@ pub async fn create_webhook(
 
 /// List endpoints (admin: `organizationId` names the organization, `*` all of them).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
-    params(("organizationId" = Option<String>, Query, description = "Required for admin keys")),
-    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    params(("organizationId" = Option<String>, Query, description = "Required for admin keys (`*`: every organization)", min_length = 1, max_length = 128, pattern = r"^(\*|[\x21-\x29\x2B\x2D-\x7E]+)$")),
+    responses((status = 200, body = WebhookList), (status = 403, description = "A reader key, or another organization named", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_webhooks(
     req: HttpRequest,
@@ -224,8 +226,8 @@ pub async fn list_webhooks(
 }
 
 /// One endpoint.
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = WebhookView), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -236,9 +238,9 @@ pub async fn get_webhook(
 }
 
 /// Change an endpoint's url, types, resourceType, description or enabled.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body(content = WebhookPatchBody, content_type = "application/json"),
-    responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = WebhookView), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_webhook(
     req: HttpRequest,
@@ -272,8 +274,8 @@ pub async fn update_webhook(
 }
 
 /// Delete an endpoint and its queued deliveries.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, description = "`{id, deleted: true}`"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Deleted", body = DeletedWebhook), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -282,12 +284,12 @@ pub async fn delete_webhook(
     let webhook = visible_webhook(&state, &principal, &path).await?;
     let id = webhook.id;
     state.store.delete_webhook(id).await?;
-    Ok(HttpResponse::Ok().json(json!({"id": id, "deleted": true})))
+    Ok(HttpResponse::Ok().json(DeletedWebhook { id, deleted: true }))
 }
 
 /// A new secret; the previous one keeps signing beside it for 24 hours.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = RotatedSecret), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_secret(
     path: web::Path<String>,
     principal: Principal,
@@ -307,8 +309,8 @@ pub async fn rotate_secret(
 }
 
 /// Send a signed, unstored `webhook.test` event now; answers 200 whatever the outcome.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = Uuid, Path)),
+    responses((status = 200, body = TestResult), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn test_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -365,9 +367,9 @@ impl From<&DeliveryRecord> for DeliveryView {
 
 /// The deliveries log, newest first, with every attempt.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
-        ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("id" = Uuid, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed", pattern = "^(pending|succeeded|failed)$"),
+        ("limit" = Option<u32>, Query, description = "1 to 100, default 20", minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = DeliveryPage), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_deliveries(
     req: HttpRequest,
@@ -426,8 +428,8 @@ pub async fn list_deliveries(
 
 /// One more attempt of a delivery, now.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{deliveryId}/retry", tag = "webhooks",
-    params(("id" = String, Path), ("deliveryId" = String, Path)),
-    responses((status = 202, description = "Queued for one more attempt"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+    params(("id" = Uuid, Path), ("deliveryId" = Uuid, Path)),
+    responses((status = 202, description = "Queued for one more attempt", body = QueuedDelivery), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn retry_delivery(
     path: web::Path<(String, String)>,
     principal: Principal,
@@ -444,5 +446,8 @@ pub async fn retry_delivery(
             crate::store::StoreError::NotFound => ApiError::not_found("delivery"),
             other => other.into(),
         })?;
-    Ok(HttpResponse::Accepted().json(json!({"id": delivery_id, "status": "pending"})))
+    Ok(HttpResponse::Accepted().json(QueuedDelivery {
+        id: delivery_id,
+        status: "pending",
+    }))
 }

@@ -96,6 +96,27 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// An integer field that JSON Schema's `integer` describes: a JSON number whose value is a
+/// whole number, written `60` or `60.0` (both are integers to JSON Schema, and clients such as
+/// JavaScript's `JSON.stringify` of a computed value may send either).
+fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_u64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of at least 0, got {number}"
+        ))),
+    }
+}
+
 /// The body of `POST /v1/events/batch`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -130,21 +151,32 @@ pub struct NewKeyBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TicketRequest {
     /// 1 to 86400, default 3600.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u64>,
 }
+
+// Only a schema: the handlers read patterns as strings and parse them as `TypePattern`s.
+/// A type pattern (glob) in a list of `types`: `[a-z0-9_.-]` and `*`, at most 128 characters.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 128, pattern = r"^[a-z0-9_.*-]+$")]
+pub struct TypeGlob(#[allow(dead_code)] String);
 
 /// The body of `POST /v1/webhooks`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewWebhookBody {
     /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
-    #[schema(min_length = 1, max_length = 2048)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"
+    )]
     pub url: String,
     /// Type patterns, default `["*"]`.
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(value_type = Option<Vec<TypeGlob>>, min_items = 1, max_items = 100)]
     pub types: Option<Vec<String>>,
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
@@ -167,11 +199,17 @@ pub struct NewWebhookBody {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookPatchBody {
+    /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 2048)]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        format = "uri",
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"
+    )]
     pub url: Option<String>,
     #[serde(default)]
-    #[schema(min_items = 1, max_items = 100)]
+    #[schema(value_type = Option<Vec<TypeGlob>>, min_items = 1, max_items = 100)]
     pub types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
@@ -236,15 +274,37 @@ pub struct DeliveryPage {
 #[allow(dead_code)]
 pub struct HistoryParams {
     /// Required for admin keys (`*`: every organization).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(\*|[\x21-\x29\x2B\x2D-\x7E]+)$"
+    )]
     organization_id: Option<String>,
     /// Type globs, comma-separated or repeated: `pod.*,job.failed`.
+    #[param(
+        min_length = 1,
+        pattern = r"^[a-z0-9_.*-]{1,128}(,[a-z0-9_.*-]{1,128})*$"
+    )]
     types: Option<String>,
+    #[param(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
     resource_type: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     workspace_id: Option<String>,
     /// ISO 8601, inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// ISO 8601, exclusive.
+    #[param(format = DateTime)]
     until: Option<String>,
     /// 1 to 1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
@@ -263,18 +323,63 @@ pub struct HistoryParams {
 #[allow(dead_code)]
 pub struct StreamParams {
     /// Required for admin keys (`*`: every organization).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(\*|[\x21-\x29\x2B\x2D-\x7E]+)$"
+    )]
     organization_id: Option<String>,
     /// Type globs, comma-separated or repeated.
+    #[param(
+        min_length = 1,
+        pattern = r"^[a-z0-9_.*-]{1,128}(,[a-z0-9_.*-]{1,128})*$"
+    )]
     types: Option<String>,
+    #[param(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
     resource_type: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     resource_id: Option<String>,
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     workspace_id: Option<String>,
     /// Replay after this event id, then go live (the Last-Event-ID header wins).
     last_event_id: Option<String>,
     /// Replay from this time (ISO 8601), then go live.
+    #[param(format = DateTime)]
     since: Option<String>,
     /// A stream ticket, for clients that cannot send headers.
     ticket: Option<String>,
+}
+
+/// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(pattern = "^(ok|ready)$")]
+    pub status: &'static str,
+}
+
+/// The answer of `DELETE /v1/webhooks/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedWebhook {
+    pub id: Uuid,
+    /// Always `true`.
+    pub deleted: bool,
+}
+
+/// The answer of `POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedDelivery {
+    pub id: Uuid,
+    /// Always `pending`.
+    #[schema(pattern = "^pending$")]
+    pub status: &'static str,
 }
 
 /// A key as listed: never its secret.
@@ -392,6 +497,33 @@ mod tests {
         assert_eq!(patch.description, Some(None));
         assert_eq!(patch.resource_type, None);
         assert_eq!(patch.enabled, Some(false));
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_with_a_fraction_of_zero() {
+        for (body, ttl) in [
+            (r#"{"ttlSeconds":60}"#, Some(60)),
+            (r#"{"ttlSeconds":2009.0}"#, Some(2009)),
+            (r#"{"ttlSeconds":6e1}"#, Some(60)),
+            (r#"{"ttlSeconds":null}"#, None),
+            (r#"{}"#, None),
+        ] {
+            let request: TicketRequest = parse_body(body.as_bytes()).unwrap();
+            assert_eq!(request.ttl_seconds, ttl, "{body}");
+        }
+        for body in [
+            r#"{"ttlSeconds":1.5}"#,
+            r#"{"ttlSeconds":-1}"#,
+            r#"{"ttlSeconds":"60"}"#,
+            r#"{"ttlSeconds":1e30}"#,
+        ] {
+            match parse_body::<TicketRequest>(body.as_bytes()) {
+                Err(ApiError::InvalidRequest { param, .. }) => {
+                    assert_eq!(param.as_deref(), Some("ttlSeconds"), "{body}")
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

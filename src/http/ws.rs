@@ -70,7 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
     responses(
         (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
-        (status = 401, body = crate::error::ErrorBody),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad query parameter", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []), ())
 )]

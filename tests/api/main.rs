@@ -11,6 +11,7 @@ mod ingest;
 mod keys;
 mod ops;
 mod receiver;
+mod schemathesis;
 mod sdk;
 mod streams;
 mod webhooks;
