@@ -28,6 +28,8 @@ use crate::webhooks::worker::Deliverer;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const GRACEFUL_TIMEOUT_SECS: u64 = 5;
+/// Pooled PostgreSQL connections per node for reads and short writes.
+const POSTGRES_POOL_SIZE: usize = 16;
 
 pub struct Application {
     server: Server,
@@ -43,18 +45,30 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         disable_transparent_huge_pages();
-        let DatabaseUrl::Sqlite(path) = &config.database_url;
+        let (backend, location) = match &config.database_url {
+            DatabaseUrl::Sqlite(path) => (
+                Backend::Sqlite {
+                    path: path.clone(),
+                    sync: config.sqlite_sync.into(),
+                    readers: 4,
+                },
+                path.display().to_string(),
+            ),
+            DatabaseUrl::Postgres(url) => (
+                Backend::Postgres {
+                    url: url.clone(),
+                    pool_size: POSTGRES_POOL_SIZE,
+                },
+                url.redacted(),
+            ),
+        };
         let store = Store::open(&StoreConfig {
-            backend: Backend::Sqlite {
-                path: path.clone(),
-                sync: config.sqlite_sync.into(),
-                readers: 4,
-            },
+            backend,
             retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
             clock: Clock::system(),
         })
         .await
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        .with_context(|| format!("cannot open the store at {location} (CPOD_DATABASE_URL)"))?;
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
 
         crate::telemetry::prometheus();

@@ -20,7 +20,8 @@ struct Harness {
     store: Store,
     config: StoreConfig,
     clock: Arc<AtomicI64>,
-    _dir: tempfile::TempDir,
+    /// Where the data lives (a directory, a database), removed when the test ends.
+    _data: Box<dyn std::any::Any + Send>,
 }
 
 impl Harness {
@@ -61,7 +62,33 @@ async fn open_sqlite(retention_ms: i64) -> Harness {
         store: Store::open(&config).await.unwrap(),
         config,
         clock,
-        _dir: dir,
+        _data: Box::new(dir),
+    }
+}
+
+/// A PostgreSQL store in a fresh database on the local server.
+fn postgres(
+    retention_ms: i64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Harness> + Send>> {
+    Box::pin(open_postgres(retention_ms))
+}
+
+async fn open_postgres(retention_ms: i64) -> Harness {
+    let database = super::postgres::testing::TestDatabase::create().await;
+    let clock = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let config = StoreConfig {
+        backend: Backend::Postgres {
+            url: database.url(),
+            pool_size: 8,
+        },
+        retention_ms,
+        clock: Clock::manual(clock.clone()),
+    };
+    Harness {
+        store: Store::open(&config).await.unwrap(),
+        config,
+        clock,
+        _data: Box::new(database),
     }
 }
 
@@ -79,7 +106,10 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite, super::sqlite;
+/// Every case for a backend: `every_case!(module, opener)`.
+macro_rules! every_case {
+    ($backend:ident, $open:path) => {
+        suite!($backend, $open;
     positions_follow_commit_order_without_gaps_under_concurrent_appends,
     an_idempotency_key_raced_by_many_requests_stores_its_events_once,
     positions_are_never_reused_after_pruning_and_a_restart,
@@ -89,7 +119,12 @@ suite!(sqlite, super::sqlite;
     retention_hides_expired_events_at_once_and_pruning_removes_them,
     the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes,
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
-);
+        );
+    };
+}
+
+every_case!(sqlite, super::sqlite);
+every_case!(postgres, super::postgres);
 
 /// Opens a fresh store of one backend with this retention.
 type Opener = fn(i64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Harness> + Send>>;

@@ -3,8 +3,9 @@
 //! The rest of the broker uses [`Store`] through domain operations only (append a group of
 //! events, history, reads after a position, keys, webhook endpoints and their delivery queue,
 //! settings) and the [commit feed](feed); no SQL and no database type leaves this module. The
-//! backend is chosen at start-up from the database URL: today SQLite ([`sqlite`]: one writer
-//! thread with group commit, a pool of read-only connections).
+//! backend is chosen at start-up from the database URL: SQLite ([`sqlite`]: one writer thread
+//! with group commit, a pool of read-only connections; one broker process), or PostgreSQL
+//! ([`postgres`]: any number of broker nodes on one database, one cluster-wide order).
 //!
 //! Invariants the rest of the broker builds on, whatever the backend (the conformance suite,
 //! `conformance.rs`, holds every backend to them):
@@ -17,6 +18,7 @@
 //!   the feed, in position order.
 
 pub mod feed;
+mod postgres;
 mod sqlite;
 pub mod webhooks;
 
@@ -62,6 +64,50 @@ pub enum Backend {
         /// Read-only connections for queries.
         readers: usize,
     },
+    Postgres {
+        url: PostgresUrl,
+        /// Most pooled connections for reads and short writes (the writer and the feed's
+        /// `LISTEN` have one each besides).
+        pool_size: usize,
+    },
+}
+
+/// A `postgres://` or `postgresql://` URL that the PostgreSQL client accepts. Its `Debug` and
+/// [`PostgresUrl::redacted`] hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// Checks the URL; the error says what is wrong with it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err("expected postgres://user@host:port/database".into());
+        }
+        postgres::check_url(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "postgres://…".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// Where and how to open the store.
@@ -116,6 +162,7 @@ pub struct Store {
 /// The open backends (one variant per database kind).
 enum Open {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 /// Calls the same operation on whichever backend is open.
@@ -123,6 +170,7 @@ macro_rules! on_backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &*$store.backend {
             Open::Sqlite($backend) => $call,
+            Open::Postgres($backend) => $call,
         }
     };
 }
@@ -139,6 +187,9 @@ impl Store {
                         StoreError::Internal(anyhow::anyhow!("opening the store: {e}"))
                     })??;
                 Open::Sqlite(store)
+            }
+            Backend::Postgres { .. } => {
+                Open::Postgres(postgres::PostgresStore::open(config).await?)
             }
         };
         Ok(Self {
@@ -384,6 +435,9 @@ pub enum StoreError {
     NotFound,
     #[error("the store is shut down")]
     Closed,
+    /// The database cannot be reached now (a lost connection, a timeout); retrying may work.
+    #[error("the database is unreachable")]
+    Unavailable,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -508,7 +562,7 @@ impl From<StoreError> for ApiError {
                 "this Idempotency-Key was already used with a different request body".into(),
             ),
             StoreError::NotFound => ApiError::not_found("resource"),
-            StoreError::Closed => ApiError::Unavailable,
+            StoreError::Closed | StoreError::Unavailable => ApiError::Unavailable,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -190,7 +190,10 @@ impl SqliteStore {
             path,
             sync,
             readers,
-        } = &config.backend;
+        } = &config.backend
+        else {
+            unreachable!("opened with a SQLite backend");
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -412,7 +415,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn last_position(&self) -> Result<i64, StoreError> {
-        self.read(|conn| last_position(conn)).await
+        self.read(last_position).await
     }
 
     pub(super) async fn event_json(
@@ -1448,7 +1451,7 @@ impl Writer {
 /// random bits when that is greater, else `last` plus one in its random bits (the clock is clamped
 /// so the timestamp never goes back, but several ids share a millisecond, and a restart with the
 /// clock behind starts at the last event's millisecond).
-fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
+pub(super) fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
     let random: [u8; 10] = rand::random();
     let fresh =
         uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid();
