@@ -11,6 +11,7 @@ mod keys;
 mod ops;
 mod receiver;
 mod sdk;
+mod sqlite_only;
 mod streams;
 mod webhooks;
 mod ws;
