@@ -89,6 +89,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_body_bytes: u32,
 
+    /// This node's name in the cluster's registry (`cpod_cluster_nodes`), printed at start-up:
+    /// up to 64 characters of `[A-Za-z0-9._:-]`. Unset: a new one is generated on each start.
+    #[arg(long, env = "CPOD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
     /// Requests per second per key (burst: one second's worth). Unset: no limit.
     #[arg(long, env = "CPOD_RATE_LIMIT")]
     pub rate_limit: Option<NonZeroU32>,
@@ -229,6 +234,15 @@ fn parse_admin_key(raw: &str) -> Result<String, String> {
         Ok(raw.to_owned())
     } else {
         Err("must be `cpk_` followed by at least 32 URL-safe characters [A-Za-z0-9_-]".into())
+    }
+}
+
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    let fits = |b: u8| b.is_ascii_alphanumeric() || b".-_:".contains(&b);
+    if (1..=64).contains(&raw.len()) && raw.bytes().all(fits) {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 1 to 64 characters of [A-Za-z0-9._:-]".into())
     }
 }
 

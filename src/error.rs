@@ -150,6 +150,10 @@ impl ResponseError for ApiError {
         if let ApiError::RateLimited { retry_after_secs } = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
+        if let ApiError::Unavailable = self {
+            // Shutting down or the store unreachable: another node, or this one shortly.
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((
                 header::WWW_AUTHENTICATE,

@@ -4,7 +4,7 @@
 //!
 //! - [`http::ingest`]   — `POST /v1/events[/batch]`: parse, validate, authorize
 //! - [`event`]          — the event, its validated fields and its wire JSON
-//! - [`store`]          — SQLite, one writer thread with group commit; positions, idempotency
+//! - [`store`]          — SQLite (one process) or PostgreSQL (N nodes); positions, idempotency
 //! - [`hub`]            — live fan-out in commit order; the gapless `Subscription`
 //! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
 //! - [`http::sse`]      — `GET /v1/events/stream`: Server-Sent Events
@@ -25,6 +25,7 @@
 //! - [`http::ops`]  — `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
 //! - [`http::dashboard`] — `/` and its assets (`static/`: the dashboard and `/sdk.js`)
 //! - [`retention`]  — pruning of expired events
+//! - [`cluster`]    — this node's heartbeat, `cpod_cluster_nodes`, `cpod_feed_lag_seconds`
 //! - [`telemetry`]  — logs, the Prometheus recorder, request metrics
 //! - [`openapi`]    — the generated OpenAPI document
 //! - [`cli`]        — the command-line client (`tail`, `emit`, `history`, `keys`, `webhooks`),
@@ -33,6 +34,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -38,6 +38,7 @@ pub struct Application {
     store: Store,
     shutdown: CancellationToken,
     generated_admin_key: Option<String>,
+    node: crate::cluster::Node,
     /// Everything spawned that runs until shutdown: joined before the store closes.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -70,8 +71,18 @@ impl Application {
         .await
         .with_context(|| format!("cannot open the store at {location} (CPOD_DATABASE_URL)"))?;
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
+        let node = crate::cluster::Node {
+            id: config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| Uuid::now_v7().to_string()),
+            started_ms: store.clock().now_ms(),
+        };
 
         crate::telemetry::prometheus();
+        crate::cluster::register(&store, &node)
+            .await
+            .context("cannot register this node")?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         // The feed's followers start where the store is now; the hub publishes from there on.
@@ -106,6 +117,16 @@ impl Application {
                 store.clone(),
                 store.feed(position),
                 deliverer.clone(),
+                shutdown.clone(),
+            )),
+        ));
+        tasks.push((
+            "cluster",
+            tokio::spawn(crate::cluster::run(
+                store.clone(),
+                hub.clone(),
+                auth.clone(),
+                node.clone(),
                 shutdown.clone(),
             )),
         ));
@@ -183,6 +204,7 @@ impl Application {
             store,
             shutdown,
             generated_admin_key,
+            node,
             tasks,
         })
     }
@@ -194,6 +216,11 @@ impl Application {
     /// The admin key made on this start, when `CPOD_ADMIN_KEY` was unset and none existed.
     pub fn generated_admin_key(&self) -> Option<&str> {
         self.generated_admin_key.as_deref()
+    }
+
+    /// This node's id in the cluster's registry (`CPOD_NODE_ID`, or generated).
+    pub fn node_id(&self) -> &str {
+        &self.node.id
     }
 
     /// The store (demo mode makes its keys through it before serving).

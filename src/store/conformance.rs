@@ -119,6 +119,7 @@ macro_rules! every_case {
     retention_hides_expired_events_at_once_and_pruning_removes_them,
     the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes,
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
+    the_timestamp_after_a_position_is_the_next_events,
         );
     };
 }
@@ -331,6 +332,21 @@ async fn positions_are_never_reused_after_pruning_and_a_restart(open: Opener) {
     assert_eq!(h.store.last_position().await.unwrap(), 3);
     let next = append(&h.store, 1).await;
     assert_eq!(next[0].position, 4, "position 3 is not given again");
+}
+
+async fn the_timestamp_after_a_position_is_the_next_events(open: Opener) {
+    let h = open(i64::MAX / 2).await;
+    assert_eq!(h.store.timestamp_after(0).await.unwrap(), None);
+    let first = h.now();
+    append(&h.store, 1).await;
+    h.set_clock(first + 5_000);
+    append(&h.store, 1).await;
+    assert_eq!(h.store.timestamp_after(0).await.unwrap(), Some(first));
+    assert_eq!(
+        h.store.timestamp_after(1).await.unwrap(),
+        Some(first + 5_000)
+    );
+    assert_eq!(h.store.timestamp_after(2).await.unwrap(), None);
 }
 
 async fn timestamps_and_ids_never_go_back_when_the_clock_does(open: Opener) {

@@ -414,6 +414,53 @@ impl Store {
         on_backend!(self, b => b.ticket_secret())
     }
 
+    /// The timestamp of the first event after `position`, if one is committed: how far a feed
+    /// that has delivered up to `position` is behind.
+    pub async fn timestamp_after(&self, position: i64) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, b => b.timestamp_after(position).await)
+    }
+
+    // --- the cluster --------------------------------------------------------------------
+
+    /// Whether several broker processes may share this store (PostgreSQL): state every node
+    /// must agree on (the rate limit's buckets, the node registry) then lives in the database.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.backend, Open::Postgres(_))
+    }
+
+    /// Records that node `node` (started at `started_ms`) is alive, and answers how many nodes
+    /// were seen alive in the last [`NODE_ALIVE_MS`], this one included. One process alone
+    /// (SQLite) is the only node.
+    pub async fn heartbeat(&self, node: &str, started_ms: i64) -> Result<usize, StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(1),
+            Open::Postgres(b) => b.heartbeat(node, started_ms).await,
+        }
+    }
+
+    /// Takes node `node` out of the registry (a clean shutdown).
+    pub async fn deregister(&self, node: &str) -> Result<(), StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(()),
+            Open::Postgres(b) => b.deregister(node).await,
+        }
+    }
+
+    /// Takes up to `want` requests' worth of tokens from the cluster-wide bucket of `key`
+    /// (refilled at `per_second`, holding one second's worth at most). `None` when the store
+    /// is not shared ([`Store::is_shared`]): one process limits in memory.
+    pub async fn take_rate_tokens(
+        &self,
+        key: Uuid,
+        per_second: u32,
+        want: u32,
+    ) -> Result<Option<RateGrant>, StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(None),
+            Open::Postgres(b) => b.take_rate_tokens(key, per_second, want).await.map(Some),
+        }
+    }
+
     /// Whether the database answers a query: readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.ping().await)
@@ -549,6 +596,18 @@ pub struct HistoryPage {
 pub struct PruneReport {
     pub events: usize,
     pub idempotency_records: usize,
+}
+
+/// A node whose last heartbeat is older than this is not counted as alive.
+pub const NODE_ALIVE_MS: i64 = 30_000;
+
+/// What a key's cluster-wide token bucket gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateGrant {
+    /// Requests that may go ahead (0 to the number asked for).
+    pub granted: u32,
+    /// With none granted: how long until the bucket holds a whole token again.
+    pub retry_after: std::time::Duration,
 }
 
 /// How long an idempotency key is remembered.

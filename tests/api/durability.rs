@@ -265,6 +265,7 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
         ("CPOD_DATABASE_URL", "mysql://localhost/x", "--database-url"),
         ("CPOD_ADMIN_KEY", "short", "--admin-key"),
         ("CPOD_RATE_LIMIT", "-3", "--rate-limit"),
+        ("CPOD_NODE_ID", "no spaces allowed", "--node-id"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpod-events"))
             .env_clear()

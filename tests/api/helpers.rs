@@ -139,6 +139,32 @@ pub mod postgres {
         }
     }
 
+    #[allow(dead_code)] // the api_postgres target's
+    /// The name of the database of `dir`.
+    fn name_for(dir: &Path) -> String {
+        let url = url::Url::parse(&database_for(dir)).unwrap();
+        url.path().trim_start_matches('/').to_owned()
+    }
+
+    #[allow(dead_code)] // the api_postgres target's
+    /// Ends every session on the database of `dir` (a cut connection, as the brokers see it).
+    pub fn terminate_sessions(dir: &Path) {
+        on_server(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            name_for(dir)
+        ));
+    }
+
+    #[allow(dead_code)] // the api_postgres target's
+    /// Lets clients connect to the database of `dir`, or refuses them as an unreachable server
+    /// would (with [`terminate_sessions`], every broker on it loses its database).
+    pub fn allow_connections(dir: &Path, allow: bool) {
+        on_server(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+            name_for(dir)
+        ));
+    }
+
     /// The URL of the database of `dir`, made on first use.
     pub fn database_for(dir: &Path) -> String {
         static AT_EXIT: Once = Once::new();
@@ -174,15 +200,27 @@ pub mod postgres {
     }
 }
 
+#[allow(dead_code)] // the api_postgres target's
+/// Another node on the database of `database_dir` (PostgreSQL: several nodes may share it),
+/// with a temporary directory of its own.
+pub async fn spawn_node(database_dir: &Path, extra: &[&str]) -> TestApp {
+    let url = database_url(database_dir);
+    start_on(&url, TempDir::new().expect("a temporary directory"), extra).await
+}
+
 async fn start_in(dir: TempDir, extra: &[&str]) -> TestApp {
-    cpod_events::startup::raise_open_file_limit();
     let url = database_url(dir.path());
+    start_on(&url, dir, extra).await
+}
+
+async fn start_on(url: &str, dir: TempDir, extra: &[&str]) -> TestApp {
+    cpod_events::startup::raise_open_file_limit();
     let mut args = vec![
         "cpod-events",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
-        &url,
+        url,
         "--admin-key",
         ADMIN_KEY,
         "--workers",

@@ -4,6 +4,7 @@
 
 #[path = "../api/cli.rs"]
 mod cli;
+mod cluster;
 #[path = "../api/dashboard.rs"]
 mod dashboard;
 #[path = "../api/demo.rs"]

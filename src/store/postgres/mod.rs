@@ -491,6 +491,12 @@ impl PostgresStore {
                     &[&idempotency_before_ms, &batch],
                 )
                 .await?;
+            // A bucket idle for a second is full again, the same as no bucket.
+            tx.execute(
+                &format!("DELETE FROM rate_buckets WHERE updated_ms < {DB_NOW_MS} - 60000"),
+                &[],
+            )
+            .await?;
             Ok((
                 PruneReport {
                     events: events as usize,
@@ -777,6 +783,87 @@ impl PostgresStore {
         self.inner.ticket_secret
     }
 
+    pub(super) async fn timestamp_after(&self, position: i64) -> Result<Option<i64>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT ts_ms FROM events WHERE position > $1 ORDER BY position LIMIT 1",
+            )
+            .await?;
+        Ok(client
+            .query_opt(&statement, &[&position])
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    // --- the cluster --------------------------------------------------------------------
+
+    /// Upserts this node's heartbeat and counts the nodes alive, all in the database's clock
+    /// (the nodes' clocks may disagree); forgets nodes silent for a day.
+    pub(super) async fn heartbeat(&self, node: &str, started_ms: i64) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH now AS (SELECT {DB_NOW_MS} AS ms), \
+                 beat AS (INSERT INTO nodes (id, started_ms, heartbeat_ms) \
+                   SELECT $1, $2, ms FROM now \
+                   ON CONFLICT (id) DO UPDATE SET heartbeat_ms = EXCLUDED.heartbeat_ms), \
+                 gone AS (DELETE FROM nodes WHERE heartbeat_ms < (SELECT ms FROM now) - 86400000) \
+                 SELECT 1 + count(*) FROM nodes, now \
+                 WHERE id <> $1 AND heartbeat_ms > now.ms - $3"
+            ))
+            .await?;
+        let alive: i64 = client
+            .query_one(&statement, &[&node, &started_ms, &super::NODE_ALIVE_MS])
+            .await?
+            .get(0);
+        Ok(alive as usize)
+    }
+
+    pub(super) async fn deregister(&self, node: &str) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("DELETE FROM nodes WHERE id = $1", &[&node])
+            .await?;
+        Ok(())
+    }
+
+    /// One statement on the key's bucket row (its lock orders the nodes taking from it):
+    /// refill for the time since the last take, in the database's clock, then grant whole
+    /// tokens. A new bucket starts full.
+    pub(super) async fn take_rate_tokens(
+        &self,
+        key: Uuid,
+        per_second: u32,
+        want: u32,
+    ) -> Result<super::RateGrant, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "INSERT INTO rate_buckets AS b (key_id, tokens, granted, updated_ms) \
+                 SELECT $1, $2::float8 - least($3::int, $2::float8), least($3::int, $2::float8), \
+                   {DB_NOW_MS} \
+                 ON CONFLICT (key_id) DO UPDATE SET \
+                   tokens = {refilled} - least($3::int, floor({refilled})), \
+                   granted = least($3::int, floor({refilled}))::int, \
+                   updated_ms = greatest(b.updated_ms, EXCLUDED.updated_ms) \
+                 RETURNING granted, tokens",
+                refilled = "least($2::float8, b.tokens + \
+                   greatest(EXCLUDED.updated_ms - b.updated_ms, 0) * $2::float8 / 1000.0)"
+            ))
+            .await?;
+        let row = client
+            .query_one(&statement, &[&key, &f64::from(per_second), &(want as i32)])
+            .await?;
+        let granted: i32 = row.get(0);
+        let tokens: f64 = row.get(1);
+        let missing = (1.0 - tokens).max(0.0);
+        Ok(super::RateGrant {
+            granted: granted.max(0) as u32,
+            retry_after: Duration::from_secs_f64(missing / f64::from(per_second.max(1))),
+        })
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client.query_one("SELECT 1", &[]).await?;
@@ -870,6 +957,9 @@ async fn insert_key(
         .await?;
     Ok(())
 }
+
+/// The database's clock in Unix milliseconds, as SQL: one clock for every node.
+const DB_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 const KEY_COLUMNS: &str = "id, organization_id, role, name, created_ms, revoked_ms";
 

@@ -107,6 +107,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (delivery_id, attempt)
     );
     "#,
+    // 2: the node registry and the cluster-wide rate limit.
+    r#"
+    -- One row per running node, its heartbeat in the database's clock.
+    CREATE TABLE nodes (
+        id           text   PRIMARY KEY,
+        started_ms   bigint NOT NULL,
+        heartbeat_ms bigint NOT NULL
+    );
+
+    -- One token bucket per key, shared by every node: each takes tokens in small chunks.
+    CREATE TABLE rate_buckets (
+        key_id     uuid             PRIMARY KEY,
+        tokens     double precision NOT NULL,
+        granted    integer          NOT NULL,
+        updated_ms bigint           NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema up to date. Holds the migration lock for the whole run, so concurrent

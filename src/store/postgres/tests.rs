@@ -434,3 +434,95 @@ async fn a_node_answers_unavailable_while_the_database_refuses_it_and_recovers_a
     assert!(recovered, "appends work again once the database is back");
     node.ping().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_prunes_at_a_time_and_every_node_hides_expired_events_at_once() {
+    let database = TestDatabase::create().await;
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(1_000_000_000_000));
+    let config = StoreConfig {
+        retention_ms: 60_000,
+        clock: Clock::manual(now.clone()),
+        ..config(&database)
+    };
+    let (a, b) = (
+        Store::open(&config).await.unwrap(),
+        Store::open(&config).await.unwrap(),
+    );
+    for n in 0..3 {
+        a.append(single(n)).await.unwrap();
+    }
+    now.fetch_add(120_000, std::sync::atomic::Ordering::AcqRel);
+    b.append(single(3)).await.unwrap();
+    // Expired on every node at once, before any pruning.
+    for node in [&a, &b] {
+        let page = node
+            .history(crate::store::HistoryQuery {
+                filter: crate::filter::Filter::for_scope(crate::filter::OrgScope::All),
+                since_ms: None,
+                until_ms: None,
+                after_position: None,
+                order: crate::store::Order::Asc,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let positions: Vec<i64> = page.events.iter().map(|e| e.position).collect();
+        assert_eq!(positions, vec![4]);
+    }
+    // While another node's pass holds the prune lock, a pass removes nothing…
+    let mut other = database.connect().await;
+    let held = other.transaction().await.unwrap();
+    held.execute("SELECT pg_advisory_xact_lock($1)", &[&super::locks::PRUNE])
+        .await
+        .unwrap();
+    assert_eq!(b.prune(100).await.unwrap().events, 0);
+    held.rollback().await.unwrap();
+    // …and once it is released, one pass removes the expired events, the next finds none.
+    let (first, second) = tokio::join!(a.prune(100), b.prune(100));
+    let removed = first.unwrap().events + second.unwrap().events;
+    assert_eq!(removed, 3);
+    assert_eq!(a.prune(100).await.unwrap().events, 0);
+    assert_eq!(a.events_after(0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_bounds_statements_locks_and_idle_transactions() {
+    let database = TestDatabase::create().await;
+    let node = Store::open(&config(&database)).await.unwrap();
+    node.append(single(1)).await.unwrap();
+    node.ping().await.unwrap();
+    // Every session is made by the same connector; a pooled one shows what they all get.
+    assert_eq!(
+        node_session_settings(&node).await,
+        vec![
+            (
+                "idle_in_transaction_session_timeout".to_owned(),
+                "5s".to_owned()
+            ),
+            ("lock_timeout".to_owned(), "10s".to_owned()),
+            ("statement_timeout".to_owned(), "30s".to_owned()),
+        ]
+    );
+}
+
+/// The timeouts in force on one of the store's pooled sessions.
+async fn node_session_settings(node: &Store) -> Vec<(String, String)> {
+    let super::super::Open::Postgres(store) = &*node.backend else {
+        unreachable!("a PostgreSQL store")
+    };
+    let client = store.client().await.unwrap();
+    let mut settings = Vec::new();
+    for name in [
+        "idle_in_transaction_session_timeout",
+        "lock_timeout",
+        "statement_timeout",
+    ] {
+        let value: String = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        settings.push((name.to_owned(), value));
+    }
+    settings
+}

@@ -661,6 +661,16 @@ impl SqliteStore {
             .await
     }
 
+    pub(super) async fn timestamp_after(&self, position: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT ts_ms FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1")?
+                .query_row([position], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
