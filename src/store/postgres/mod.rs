@@ -66,6 +66,9 @@ pub(super) mod locks {
     pub const BOOTSTRAP: i64 = 0x6370_6f64_0000_0004;
 }
 
+/// The longest a readiness check waits for the database.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The channel every node `LISTEN`s on; see [`feed`].
 const CHANNEL: &str = "cpod_feed";
 
@@ -166,12 +169,14 @@ impl Connector {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        // A peer that vanished (a cut cable, a frozen VM) is noticed within about 20 s.
+        // A peer that vanished (a cut cable, a frozen VM) is noticed within about 20 s, whether
+        // the connection is idle (keepalives) or has data in flight (the user timeout).
         config
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(2);
+            .keepalives_retries(2)
+            .tcp_user_timeout(Duration::from_secs(20));
         Ok(Self { config })
     }
 
@@ -864,10 +869,17 @@ impl PostgresStore {
         })
     }
 
+    /// Unavailable when the database does not answer within [`PING_TIMEOUT`] (a connection
+    /// that went silent is not ready either).
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.query_one("SELECT 1", &[]).await?;
-        Ok(())
+        let ping = async {
+            let client = self.client().await?;
+            client.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, ping)
+            .await
+            .unwrap_or(Err(StoreError::Unavailable))
     }
 
     /// Finishes every queued write, then stops the feed (after publishing what was written).

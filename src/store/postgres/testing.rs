@@ -2,7 +2,11 @@
 //! is `CPOD_TEST_POSTGRES` (a URL to its maintenance database), by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::PostgresUrl;
 
@@ -95,6 +99,120 @@ impl Drop for TestDatabase {
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("cannot drop the test database {}", self.name);
+        }
+    }
+}
+
+impl TestDatabase {
+    /// The URL of this database through `proxy`.
+    pub(crate) fn url_via(&self, proxy: &Proxy) -> PostgresUrl {
+        let mut url = url::Url::parse(self.url().as_str()).expect("a database URL");
+        url.set_host(Some("127.0.0.1")).expect("a host");
+        url.set_port(Some(proxy.port)).expect("a port");
+        PostgresUrl::parse(url.as_str()).expect("a PostgreSQL URL")
+    }
+}
+
+/// A TCP proxy in front of the test server that can go silent (pass no bytes while keeping
+/// every socket open, as a network dropping packets looks to a client whose kernel still has
+/// buffer space) and cut every connection it carries.
+pub(crate) struct Proxy {
+    port: u16,
+    silent: Arc<AtomicBool>,
+    cut: Arc<Mutex<CancellationToken>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub(crate) async fn start() -> Self {
+        let server = url::Url::parse(&server()).expect("a server URL");
+        let upstream = format!(
+            "{}:{}",
+            server.host_str().unwrap_or("127.0.0.1"),
+            server.port().unwrap_or(5432)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port for the proxy");
+        let port = listener.local_addr().expect("an address").port();
+        let silent = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let accept = tokio::spawn({
+            let (silent, cut) = (silent.clone(), cut.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let token = cut.lock().expect("cut lock").clone();
+                    tokio::spawn(pipe(client, upstream.clone(), silent.clone(), token));
+                }
+            }
+        });
+        Self {
+            port,
+            silent,
+            cut,
+            accept,
+        }
+    }
+
+    /// Stops (or resumes) passing bytes either way.
+    pub(crate) fn silence(&self, silent: bool) {
+        self.silent.store(silent, Ordering::Release);
+    }
+
+    /// Closes every connection made so far.
+    pub(crate) fn cut(&self) {
+        let mut token = self.cut.lock().expect("cut lock");
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pipe(
+    client: tokio::net::TcpStream,
+    upstream: String,
+    silent: Arc<AtomicBool>,
+    cut: CancellationToken,
+) {
+    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (from_client, to_client) = client.into_split();
+    let (from_server, to_server) = server.into_split();
+    tokio::select! {
+        _ = cut.cancelled() => {}
+        _ = forward(from_client, to_server, &silent) => {}
+        _ = forward(from_server, to_client, &silent) => {}
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: &AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    let wait_while_silent = || async {
+        while silent.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    loop {
+        wait_while_silent().await;
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        wait_while_silent().await;
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
         }
     }
 }

@@ -526,3 +526,53 @@ async fn node_session_settings(node: &Store) -> Vec<(String, String)> {
     }
     settings
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_database_goes_silent_answers_unavailable_in_bounded_time_and_recovers() {
+    let database = TestDatabase::create().await;
+    let proxy = super::testing::Proxy::start().await;
+    let config = StoreConfig {
+        backend: Backend::Postgres {
+            url: database.url_via(&proxy),
+            pool_size: 4,
+        },
+        ..config(&database)
+    };
+    let node = Store::open(&config).await.unwrap();
+    let mut feed = node.feed(0);
+    node.append(single(1)).await.unwrap();
+    assert_eq!(positions_until(&mut feed, 1).await.0, vec![1]);
+    proxy.silence(true);
+    let silenced = std::time::Instant::now();
+    let (ready, appended) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(node.ping(), node.append(single(2)))
+    })
+    .await
+    .expect("the node answers while its database is silent");
+    assert!(matches!(ready, Err(StoreError::Unavailable)), "{ready:?}");
+    assert!(
+        matches!(appended, Err(StoreError::Unavailable)),
+        "{appended:?}"
+    );
+    assert!(
+        silenced.elapsed() < Duration::from_secs(20),
+        "answered after {:?}",
+        silenced.elapsed()
+    );
+    // The network comes back (the silent connections are gone with it).
+    proxy.cut();
+    proxy.silence(false);
+    let mut last = 0;
+    for _ in 0..100 {
+        if let Ok(outcome) = node.append(single(3)).await {
+            last = outcome.events[0].position;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last > 1, "appends do not recover");
+    node.ping().await.unwrap();
+    // Nothing committed is skipped by the feed, whatever became of the append cut short.
+    let (positions, _) = positions_until(&mut feed, last).await;
+    assert_eq!(positions, (2..=last).collect::<Vec<_>>());
+}

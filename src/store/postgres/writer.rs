@@ -47,6 +47,9 @@ use crate::store::{
 const MAX_GROUP: usize = 512;
 /// Capacity of the writer's queue; callers wait (back-pressure) when it is full.
 pub(super) const QUEUE_CAPACITY: usize = 8192;
+/// The longest a group's transaction may take before its connection is given up: more than
+/// the `lock_timeout` a group may spend waiting for the append lock.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The longest wait between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -291,7 +294,20 @@ impl Writer {
         let now_ms = self.clock.now_ms();
         let node = self.node;
         let result = match self.session().await {
-            Ok(session) => apply_group(session, node, now_ms, group, &mut finished).await,
+            Ok(session) => tokio::time::timeout(
+                GROUP_TIMEOUT,
+                apply_group(session, node, now_ms, group, &mut finished),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                // The database went silent (a frozen network, a stopped server): this
+                // connection is given up, and the group answered Unavailable. Whether it
+                // committed is unknown, as with a lost connection; if it did, the feed finds
+                // its events in the table.
+                tracing::warn!(timeout = ?GROUP_TIMEOUT, "the database did not answer a commit");
+                self.session = None;
+                Err(StoreError::Unavailable)
+            }),
             Err(e) => Err(e),
         };
         match result {
