@@ -576,3 +576,32 @@ async fn a_node_whose_database_goes_silent_answers_unavailable_in_bounded_time_a
     let (positions, _) = positions_until(&mut feed, last).await;
     assert_eq!(positions, (2..=last).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_inside_an_append_holds_up_the_others_for_5_s_at_most() {
+    let database = TestDatabase::create().await;
+    let node = Store::open(&config(&database)).await.unwrap();
+    node.append(single(1)).await.unwrap();
+    // A session as every node makes them, frozen after taking the append lock (a stopped
+    // process, a paused VM).
+    let frozen = super::Connector::new(&database.url())
+        .unwrap()
+        .spawn()
+        .await
+        .unwrap();
+    frozen.batch_execute("BEGIN").await.unwrap();
+    frozen
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&super::locks::APPEND])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let appended = node.append(single(2)).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(appended.events[0].position, 2);
+    assert!(
+        waited > Duration::from_secs(3) && waited < Duration::from_secs(8),
+        "the append waited {waited:?}"
+    );
+    // The server ended the frozen session: its transaction (and lock) are gone.
+    assert!(frozen.execute("SELECT 1", &[]).await.is_err());
+}
