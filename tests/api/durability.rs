@@ -174,6 +174,19 @@ async fn the_first_start_prints_a_working_admin_key_once() {
     broker.key(&key, "reader").await;
     drop(broker);
 
+    // The node id it registers: generated on each start, or CPOD_NODE_ID.
+    let node_id = |broker: &BrokerProcess| {
+        broker
+            .banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("node id: ").map(str::to_owned))
+            .expect("a node id line")
+    };
+    assert!(uuid::Uuid::parse_str(&node_id(&BrokerProcess::start(dir.path(), &[]))).is_ok());
+    let named = BrokerProcess::start(dir.path(), &[("CPOD_NODE_ID", "node-7")]);
+    assert_eq!(node_id(&named), "node-7");
+    drop(named);
+
     // Configuring CPOD_ADMIN_KEY replaces the generated one.
     let broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
     broker.key(ADMIN_KEY, "reader").await;
