@@ -127,8 +127,15 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Brings the schema up to date. Holds the migration lock for the whole run, so concurrent
-/// starters wait for the first to finish; each migration commits with its version.
+/// starters wait for the first to finish; each migration commits with its version. Meant for a
+/// session of its own (its timeouts are lifted).
 pub(super) async fn migrate(client: &mut Client) -> anyhow::Result<()> {
+    // This session only: a migration may take long on a large database, and a node starting
+    // meanwhile waits for it as long as it takes, not `lock_timeout`.
+    client
+        .batch_execute("SET lock_timeout = 0; SET statement_timeout = 0")
+        .await
+        .context("cannot lift the timeouts for the migration")?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&locks::MIGRATE])
         .await

@@ -605,3 +605,31 @@ async fn a_node_frozen_inside_an_append_holds_up_the_others_for_5_s_at_most() {
     // The server ended the frozen session: its transaction (and lock) are gone.
     assert!(frozen.execute("SELECT 1", &[]).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starting_during_a_long_migration_waits_for_it_past_the_lock_timeout() {
+    let database = TestDatabase::create().await;
+    // Another starter holding the migration lock longer than the 10 s lock_timeout.
+    let migrating = database.connect().await;
+    migrating
+        .execute("SELECT pg_advisory_lock($1)", &[&super::locks::MIGRATE])
+        .await
+        .unwrap();
+    let config = config(&database);
+    let opening = tokio::spawn(async move { Store::open(&config).await });
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(
+        !opening.is_finished(),
+        "the node did not wait for the migration"
+    );
+    migrating
+        .execute("SELECT pg_advisory_unlock($1)", &[&super::locks::MIGRATE])
+        .await
+        .unwrap();
+    let node = tokio::time::timeout(Duration::from_secs(10), opening)
+        .await
+        .expect("the node starts once the migration is done")
+        .unwrap()
+        .expect("the node opens the store");
+    node.append(single(1)).await.unwrap();
+}
