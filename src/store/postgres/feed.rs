@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -24,7 +23,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CHANNEL, Connector, events_after};
+use super::{CHANNEL, Connections, Connector, events_after};
 use crate::store::feed::CommitSender;
 use crate::store::{Change, Commit, StoreError};
 
@@ -189,7 +188,7 @@ async fn keep_listening(
 
 /// Publishes this node's commits and everyone else's, contiguously, in position order.
 pub(super) struct Sequencer {
-    pool: Pool,
+    pool: Connections,
     connector: Connector,
     node: Uuid,
     commits: CommitSender,
@@ -199,7 +198,7 @@ pub(super) struct Sequencer {
 
 impl Sequencer {
     pub(super) fn new(
-        pool: Pool,
+        pool: Connections,
         connector: Connector,
         node: Uuid,
         commits: CommitSender,

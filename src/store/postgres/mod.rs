@@ -200,6 +200,67 @@ impl Connector {
     }
 }
 
+/// The pool of connections, with a backoff on making new ones: after a failure to connect,
+/// requests for a connection are answered `Unavailable` at once for a while (100 ms, doubling
+/// to [`MAX_CONNECT_BACKOFF`]) instead of each trying to connect, so that a node does not storm
+/// a database that is down or just coming back.
+#[derive(Clone)]
+pub(super) struct Connections {
+    pool: Pool,
+    backoff: Arc<Mutex<ConnectBackoff>>,
+}
+
+#[derive(Default)]
+struct ConnectBackoff {
+    failures: u32,
+    until: Option<std::time::Instant>,
+}
+
+/// The longest a node waits before trying to connect again: also how long readiness may lag
+/// behind a database that came back.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Connections {
+    fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            backoff: Arc::default(),
+        }
+    }
+
+    pub(super) async fn get(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        if let Some(until) = self.backoff.lock().expect("backoff lock").until
+            && std::time::Instant::now() < until
+        {
+            return Err(StoreError::Unavailable);
+        }
+        match self.pool.get().await {
+            Ok(client) => {
+                let mut backoff = self.backoff.lock().expect("backoff lock");
+                if backoff.failures > 0 {
+                    tracing::info!("connected to the database again");
+                    *backoff = ConnectBackoff::default();
+                }
+                Ok(client)
+            }
+            Err(e) => {
+                use deadpool_postgres::{PoolError, TimeoutType};
+                if matches!(
+                    e,
+                    PoolError::Backend(_) | PoolError::Timeout(TimeoutType::Create)
+                ) {
+                    let mut backoff = self.backoff.lock().expect("backoff lock");
+                    backoff.failures += 1;
+                    let wait = (Duration::from_millis(100) * 2u32.pow(backoff.failures.min(6) - 1))
+                        .min(MAX_CONNECT_BACKOFF);
+                    backoff.until = Some(std::time::Instant::now() + wait);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
 /// A cheap-clone handle on the PostgreSQL store.
 #[derive(Clone)]
 pub(super) struct PostgresStore {
@@ -207,7 +268,7 @@ pub(super) struct PostgresStore {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: Connections,
     /// This process, as other nodes see it in `NOTIFY` payloads.
     node: Uuid,
     writer: mpsc::Sender<writer::Command>,
@@ -253,6 +314,7 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .context("cannot make the connection pool")?;
+        let pool = Connections::new(pool);
 
         let node = Uuid::now_v7();
         let commits = broadcast::channel(FEED_CAPACITY).0;
@@ -295,7 +357,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        Ok(self.inner.pool.get().await?)
+        self.inner.pool.get().await
     }
 
     async fn command<T>(
@@ -891,7 +953,7 @@ impl PostgresStore {
             self.inner.stop_feed.cancel();
             let _ = sequencer.await;
         }
-        self.inner.pool.close();
+        self.inner.pool.pool.close();
     }
 }
 

@@ -120,6 +120,7 @@ pub(crate) struct Proxy {
     port: u16,
     silent: Arc<AtomicBool>,
     cut: Arc<Mutex<CancellationToken>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -137,10 +138,12 @@ impl Proxy {
         let port = listener.local_addr().expect("an address").port();
         let silent = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accept = tokio::spawn({
-            let (silent, cut) = (silent.clone(), cut.clone());
+            let (silent, cut, accepted) = (silent.clone(), cut.clone(), accepted.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::AcqRel);
                     let token = cut.lock().expect("cut lock").clone();
                     tokio::spawn(pipe(client, upstream.clone(), silent.clone(), token));
                 }
@@ -150,8 +153,14 @@ impl Proxy {
             port,
             silent,
             cut,
+            accepted,
             accept,
         }
+    }
+
+    /// Connections made through the proxy so far.
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Acquire)
     }
 
     /// Stops (or resumes) passing bytes either way.

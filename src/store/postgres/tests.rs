@@ -432,7 +432,12 @@ async fn a_node_answers_unavailable_while_the_database_refuses_it_and_recovers_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "appends work again once the database is back");
-    node.ping().await.unwrap();
+    // Reads connect again at the end of their backoff (2 s at most).
+    let back = std::time::Instant::now();
+    while node.ping().await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(3), "not ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,4 +637,43 @@ async fn a_node_starting_during_a_long_migration_waits_for_it_past_the_lock_time
         .unwrap()
         .expect("the node opens the store");
     node.append(single(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refused_by_its_database_backs_off_instead_of_connecting_for_every_request() {
+    let database = TestDatabase::create().await;
+    let proxy = super::testing::Proxy::start().await;
+    let config = StoreConfig {
+        backend: Backend::Postgres {
+            url: database.url_via(&proxy),
+            pool_size: 4,
+        },
+        ..config(&database)
+    };
+    let node = Store::open(&config).await.unwrap();
+    node.append(single(1)).await.unwrap();
+    database.allow_connections(false).await;
+    database.terminate_sessions().await;
+    let before = proxy.accepted();
+    let started = std::time::Instant::now();
+    let mut requests = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert!(matches!(node.ping().await, Err(StoreError::Unavailable)));
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The pool tries after 100, 200, 400, 800 ms, the feed's listener on its own backoff: a
+    // dozen attempts at most, not one per request.
+    let attempts = proxy.accepted() - before;
+    assert!(
+        attempts <= 12 && requests > 100,
+        "{attempts} connection attempts for {requests} requests"
+    );
+    database.allow_connections(true).await;
+    let back = std::time::Instant::now();
+    while node.ping().await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(5), "not ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.append(single(2)).await.unwrap();
 }
