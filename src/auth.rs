@@ -3,8 +3,10 @@
 //!
 //! Authenticated keys are cached for [`CACHE_TTL`]. A revocation evicts the key at once on the
 //! node that took it, and on every node when the commit feed brings it ([`follow_revocations`]).
-//! The per-key rate limit is checked here too, so every authenticated endpoint is covered. The
-//! HTTP extractor that calls this lives in `http::state`.
+//! The per-key rate limit is checked here too, so every authenticated endpoint is covered: in
+//! memory for one process, and on a store several nodes share ([`Store::is_shared`]) through one
+//! token bucket per key in the database, so that the limit holds for the cluster as a whole
+//! ([`SharedLimiter`]). The HTTP extractor that calls this lives in `http::state`.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -107,17 +109,120 @@ pub struct Authenticator {
     evictions: std::sync::atomic::AtomicU64,
     tickets: TicketSigner,
     cache: DashMap<[u8; 32], (Principal, Instant)>,
-    limiter: Option<DefaultKeyedRateLimiter<Uuid>>,
+    limiter: Option<Limiter>,
+}
+
+/// The per-key rate limit of one process, or of every node together.
+enum Limiter {
+    Local(DefaultKeyedRateLimiter<Uuid>),
+    Shared(SharedLimiter),
+}
+
+/// A key's requests across every node: each node takes tokens from the key's bucket in the
+/// database in chunks of [`SHARED_CHUNK`] of a second's worth, spends them locally, and drops
+/// what it has not spent after [`SHARED_HOLD`]. Whatever the spread of requests over the nodes,
+/// the cluster accepts at most the bucket's one second of burst plus the rate over any window
+/// (10 % over the limit across 10 s), and wastes at most a chunk per node per hold.
+struct SharedLimiter {
+    per_second: u32,
+    chunk: u32,
+    held: DashMap<Uuid, Held>,
+}
+
+/// What one node holds of a key's bucket.
+#[derive(Clone, Copy)]
+struct Held {
+    tokens: u32,
+    /// When the tokens were taken (they are dropped after [`SHARED_HOLD`]).
+    taken: Instant,
+    /// The bucket was empty: refuse locally until then without asking again.
+    refused_until: Option<Instant>,
+}
+
+/// The share of a second's worth of tokens a node takes at a time.
+const SHARED_CHUNK: u32 = 20;
+/// How long a node keeps tokens it took and has not spent.
+const SHARED_HOLD: Duration = Duration::from_millis(500);
+
+impl SharedLimiter {
+    fn new(per_second: NonZeroU32) -> Self {
+        let per_second = per_second.get();
+        Self {
+            per_second,
+            chunk: (per_second / SHARED_CHUNK).max(1),
+            held: DashMap::new(),
+        }
+    }
+
+    /// Spends one token of `key`, taking more from the database when none is held.
+    async fn check(&self, store: &Store, key: Uuid) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if let Some(mut held) = self.held.get_mut(&key) {
+            if let Some(until) = held.refused_until {
+                if now < until {
+                    return Err(rate_limited(until - now));
+                }
+                held.refused_until = None;
+            }
+            if held.tokens > 0 && now.duration_since(held.taken) < SHARED_HOLD {
+                held.tokens -= 1;
+                return Ok(());
+            }
+        }
+        let grant = store
+            .take_rate_tokens(key, self.per_second, self.chunk)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a shared rate limit on an unshared store"))
+            })?;
+        let now = Instant::now();
+        let mut held = self.held.entry(key).or_insert(Held {
+            tokens: 0,
+            taken: now,
+            refused_until: None,
+        });
+        if grant.granted == 0 {
+            held.refused_until = Some(now + grant.retry_after);
+            return Err(rate_limited(grant.retry_after));
+        }
+        if now.duration_since(held.taken) >= SHARED_HOLD {
+            held.tokens = 0;
+        }
+        held.tokens += grant.granted - 1;
+        held.taken = now;
+        Ok(())
+    }
+
+    /// Forgets keys whose tokens have run out of time (called now and then).
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.held.retain(|_, h| {
+            now.duration_since(h.taken) < SHARED_HOLD || h.refused_until.is_some_and(|u| u > now)
+        });
+    }
+}
+
+fn rate_limited(wait: Duration) -> ApiError {
+    ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    }
 }
 
 impl Authenticator {
     pub fn new(store: Store, rate_limit_per_second: Option<NonZeroU32>) -> Self {
+        let limiter = rate_limit_per_second.map(|n| {
+            if store.is_shared() {
+                Limiter::Shared(SharedLimiter::new(n))
+            } else {
+                Limiter::Local(RateLimiter::keyed(Quota::per_second(n)))
+            }
+        });
         Self {
             tickets: TicketSigner::new(store.ticket_secret()),
             evictions: std::sync::atomic::AtomicU64::new(0),
             store,
             cache: DashMap::new(),
-            limiter: rate_limit_per_second.map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            limiter,
         }
     }
 
@@ -152,7 +257,7 @@ impl Authenticator {
                 principal
             }
         };
-        self.check_rate(&principal)?;
+        self.check_rate(&principal).await?;
         Ok(principal)
     }
 
@@ -178,7 +283,7 @@ impl Authenticator {
             .await?
             .ok_or_else(invalid)?;
         let principal = Principal::from_record(&record);
-        self.check_rate(&principal)?;
+        self.check_rate(&principal).await?;
         Ok((principal, Some(claims.expires_ms)))
     }
 
@@ -190,18 +295,28 @@ impl Authenticator {
         })
     }
 
-    fn check_rate(&self, principal: &Principal) -> Result<(), ApiError> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        limiter.check_key(&principal.key_id).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+    async fn check_rate(&self, principal: &Principal) -> Result<(), ApiError> {
+        match &self.limiter {
+            None => Ok(()),
+            Some(Limiter::Local(limiter)) => {
+                limiter.check_key(&principal.key_id).map_err(|not_until| {
+                    rate_limited(not_until.wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    )))
+                })
             }
-        })
+            Some(Limiter::Shared(limiter)) => limiter.check(&self.store, principal.key_id).await,
+        }
+    }
+
+    /// Forgets rate-limit state that no longer matters: keys idle long enough to have a full
+    /// bucket again.
+    pub fn sweep_rate_limits(&self) {
+        match &self.limiter {
+            Some(Limiter::Local(limiter)) => limiter.retain_recent(),
+            Some(Limiter::Shared(limiter)) => limiter.sweep(),
+            None => {}
+        }
     }
 
     /// Forgets a revoked key at once on this node.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::SyncMode;
+use crate::store::{PostgresUrl, SyncMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,7 +57,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Where events are stored: `sqlite://<path>`.
+    /// Where events are stored: `sqlite://<path>` (one broker process), or
+    /// `postgres://user@host:port/database` (also `postgresql://`, with `?sslmode=disable` or
+    /// `prefer`) for any number of broker nodes sharing one PostgreSQL 14+ database.
     #[arg(
         long,
         env = "CPOD_DATABASE_URL",
@@ -95,6 +97,11 @@ pub struct ServeConfig {
     /// key may hold an eighth of it, or one largest body if that is more (429 beyond).
     #[arg(long, env = "CPOD_BODY_MEMORY", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub body_memory: u64,
+
+    /// This node's name in the cluster's registry (`cpod_cluster_nodes`), printed at start-up:
+    /// up to 64 characters of `[A-Za-z0-9._:-]`. Unset: a new one is generated on each start.
+    #[arg(long, env = "CPOD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
 
     /// Requests per second per key (burst: one second's worth). Unset: no limit.
     #[arg(long, env = "CPOD_RATE_LIMIT")]
@@ -219,6 +226,7 @@ fn parse_schedule(raw: &str) -> Result<RetrySchedule, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
+    Postgres(PostgresUrl),
 }
 
 fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
@@ -229,9 +237,9 @@ fn parse_database_url(raw: &str) -> Result<DatabaseUrl, String> {
         return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
     }
     if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-        return Err("PostgreSQL is not supported by this build yet; use sqlite://<path>".into());
+        return PostgresUrl::parse(raw).map(DatabaseUrl::Postgres);
     }
-    Err("expected sqlite://<path>".into())
+    Err("expected sqlite://<path> or postgres://user@host:port/database".into())
 }
 
 fn parse_admin_key(raw: &str) -> Result<String, String> {
@@ -239,6 +247,15 @@ fn parse_admin_key(raw: &str) -> Result<String, String> {
         Ok(raw.to_owned())
     } else {
         Err("must be `cpk_` followed by at least 32 URL-safe characters [A-Za-z0-9_-]".into())
+    }
+}
+
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    let fits = |b: u8| b.is_ascii_alphanumeric() || b".-_:".contains(&b);
+    if (1..=64).contains(&raw.len()) && raw.bytes().all(fits) {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 1 to 64 characters of [A-Za-z0-9._:-]".into())
     }
 }
 
@@ -305,6 +322,38 @@ mod tests {
         assert!(matches!(cli.into_command(), Command::Client(_)));
         let cli = Cli::try_parse_from(["cpod-events"]).unwrap();
         assert!(matches!(cli.into_command(), Command::Serve(_)));
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_with_the_usual_ssl_modes() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/cpod",
+            "postgresql://user:secret@db.example.com/cpod?sslmode=disable",
+            "postgres://user@localhost/cpod?sslmode=prefer&application_name=x",
+        ] {
+            let config = parse(&["--database-url", url]).unwrap();
+            assert!(
+                matches!(&config.database_url, DatabaseUrl::Postgres(u) if u.as_str() == url),
+                "{url}"
+            );
+        }
+        let DatabaseUrl::Postgres(url) = parse(&["--database-url", "postgres://u:hunter2@h/db"])
+            .unwrap()
+            .database_url
+        else {
+            panic!("a PostgreSQL URL");
+        };
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(!url.redacted().contains("hunter2"));
+        for bad in [
+            "postgres://h/db?sslmode=sometimes",
+            "postgres://h/db?sslmode=require",
+            "postgresql://h/db?sslmode=verify-full",
+            "postgres://h:notaport/db",
+        ] {
+            let message = parse(&["--database-url", bad]).unwrap_err().to_string();
+            assert!(message.contains("--database-url"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -146,6 +146,10 @@ impl ResponseError for ApiError {
             // The rest of the body may still come: this connection cannot carry another request.
             response.force_close();
         }
+        if let ApiError::Unavailable = self {
+            // Shutting down or the store unreachable: another node, or this one shortly.
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((
                 header::WWW_AUTHENTICATE,

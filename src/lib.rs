@@ -12,14 +12,16 @@
 //! 2. **Storage** — [`store`]: the only place anything durable lives, used through domain
 //!    operations (append a group of events with their idempotency records and webhook
 //!    deliveries, history, reads after a position, keys, webhook endpoints and their leased
-//!    delivery queue, settings). Behind the seam: `store::sqlite` (one writer thread with group
-//!    commit). `store::feed` is the **commit feed**: every committed group and control record
+//!    delivery queue, settings). Behind the seam: `store::sqlite` (one process; one writer
+//!    thread with group commit) and `store::postgres` (N nodes on one database; appends under
+//!    one advisory lock, so positions are gapless cluster-wide). `store::feed` is the **commit feed**: every committed group and control record
 //!    (key revoked, endpoint changed) in position order, as a stream a consumer starts after
 //!    any position. `store::conformance` holds every backend to the same invariants.
 //! 3. **Services that follow the feed** — [`hub`] (live fan-out in commit order; the gapless
 //!    `Subscription`), [`auth`] (the key cache, evicted by revocations from the feed; the per-key
 //!    rate limit), [`webhooks`] (signed delivery from the durable queue, woken by the feed;
-//!    signing; the SSRF guard), [`retention`] (pruning), [`telemetry`] (logs, Prometheus).
+//!    signing; the SSRF guard), [`retention`] (pruning), [`cluster`] (this node's heartbeat,
+//!    `cpod_cluster_nodes`, `cpod_feed_lag_seconds`), [`telemetry`] (logs, Prometheus).
 //! 4. **Edges** — [`http`] (`AppState` and the `Principal` extractor in `http::state`; the body
 //!    and response types in `http::wire`, which are also the OpenAPI schemas; one module per
 //!    area: `ingest`, `history`, `keys`, `sse`, `ws`, `streams`, `webhooks`, `ops`, `dashboard`;
@@ -41,6 +43,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

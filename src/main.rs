@@ -45,6 +45,7 @@ async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
         }
         None => println!("  admin key: the one from CPOD_ADMIN_KEY or printed on the first start"),
     }
+    println!("  node id: {}", app.node_id());
     println!("  dashboard: {url}/");
     println!("  API reference: {url}/openapi.json");
     if let Some(rate) = demo {

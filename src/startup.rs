@@ -29,6 +29,8 @@ use crate::webhooks::worker::Deliverer;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const GRACEFUL_TIMEOUT_SECS: u64 = 5;
+/// Pooled PostgreSQL connections per node for reads and short writes.
+const POSTGRES_POOL_SIZE: usize = 16;
 
 pub struct Application {
     server: Server,
@@ -37,6 +39,7 @@ pub struct Application {
     store: Store,
     shutdown: CancellationToken,
     generated_admin_key: Option<String>,
+    node: crate::cluster::Node,
     /// Everything spawned that runs until shutdown: joined before the store closes.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
@@ -44,21 +47,43 @@ pub struct Application {
 impl Application {
     pub async fn build(config: ServeConfig) -> anyhow::Result<Self> {
         disable_transparent_huge_pages();
-        let DatabaseUrl::Sqlite(path) = &config.database_url;
+        let (backend, location) = match &config.database_url {
+            DatabaseUrl::Sqlite(path) => (
+                Backend::Sqlite {
+                    path: path.clone(),
+                    sync: config.sqlite_sync.into(),
+                    readers: 4,
+                },
+                path.display().to_string(),
+            ),
+            DatabaseUrl::Postgres(url) => (
+                Backend::Postgres {
+                    url: url.clone(),
+                    pool_size: POSTGRES_POOL_SIZE,
+                },
+                url.redacted(),
+            ),
+        };
         let store = Store::open(&StoreConfig {
-            backend: Backend::Sqlite {
-                path: path.clone(),
-                sync: config.sqlite_sync.into(),
-                readers: 4,
-            },
+            backend,
             retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
             clock: Clock::system(),
         })
         .await
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        .with_context(|| format!("cannot open the store at {location} (CPOD_DATABASE_URL)"))?;
         let generated_admin_key = install_admin_key(&store, config.admin_key.as_deref()).await?;
+        let node = crate::cluster::Node {
+            id: config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| Uuid::now_v7().to_string()),
+            started_ms: store.clock().now_ms(),
+        };
 
         crate::telemetry::prometheus();
+        crate::cluster::register(&store, &node)
+            .await
+            .context("cannot register this node")?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         // The feed's followers start where the store is now; the hub publishes from there on.
@@ -104,6 +129,16 @@ impl Application {
                 config.max_body_bytes
             );
         }
+        tasks.push((
+            "cluster",
+            tokio::spawn(crate::cluster::run(
+                store.clone(),
+                hub.clone(),
+                auth.clone(),
+                node.clone(),
+                shutdown.clone(),
+            )),
+        ));
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -175,6 +210,7 @@ impl Application {
             store,
             shutdown,
             generated_admin_key,
+            node,
             tasks,
         })
     }
@@ -186,6 +222,11 @@ impl Application {
     /// The admin key made on this start, when `CPOD_ADMIN_KEY` was unset and none existed.
     pub fn generated_admin_key(&self) -> Option<&str> {
         self.generated_admin_key.as_deref()
+    }
+
+    /// This node's id in the cluster's registry (`CPOD_NODE_ID`, or generated).
+    pub fn node_id(&self) -> &str {
+        &self.node.id
     }
 
     /// The store (demo mode makes its keys through it before serving).

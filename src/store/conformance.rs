@@ -20,7 +20,8 @@ struct Harness {
     store: Store,
     config: StoreConfig,
     clock: Arc<AtomicI64>,
-    _dir: tempfile::TempDir,
+    /// Where the data lives (a directory, a database), removed when the test ends.
+    _data: Box<dyn std::any::Any + Send>,
 }
 
 impl Harness {
@@ -61,7 +62,33 @@ async fn open_sqlite(retention_ms: i64) -> Harness {
         store: Store::open(&config).await.unwrap(),
         config,
         clock,
-        _dir: dir,
+        _data: Box::new(dir),
+    }
+}
+
+/// A PostgreSQL store in a fresh database on the local server.
+fn postgres(
+    retention_ms: i64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Harness> + Send>> {
+    Box::pin(open_postgres(retention_ms))
+}
+
+async fn open_postgres(retention_ms: i64) -> Harness {
+    let database = super::postgres::testing::TestDatabase::create().await;
+    let clock = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let config = StoreConfig {
+        backend: Backend::Postgres {
+            url: database.url(),
+            pool_size: 8,
+        },
+        retention_ms,
+        clock: Clock::manual(clock.clone()),
+    };
+    Harness {
+        store: Store::open(&config).await.unwrap(),
+        config,
+        clock,
+        _data: Box::new(database),
     }
 }
 
@@ -79,7 +106,10 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite, super::sqlite;
+/// Every case for a backend: `every_case!(module, opener)`.
+macro_rules! every_case {
+    ($backend:ident, $open:path) => {
+        suite!($backend, $open;
     positions_follow_commit_order_without_gaps_under_concurrent_appends,
     an_idempotency_key_raced_by_many_requests_stores_its_events_once,
     positions_are_never_reused_after_pruning_and_a_restart,
@@ -91,7 +121,13 @@ suite!(sqlite, super::sqlite;
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
     concurrent_webhook_creations_never_pass_the_organization_limit,
     history_answers_filters_with_far_more_type_patterns_than_the_domain_allows,
-);
+    the_timestamp_after_a_position_is_the_next_events,
+        );
+    };
+}
+
+every_case!(sqlite, super::sqlite);
+every_case!(postgres, super::postgres);
 
 /// Opens a fresh store of one backend with this retention.
 type Opener = fn(i64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Harness> + Send>>;
@@ -298,6 +334,21 @@ async fn positions_are_never_reused_after_pruning_and_a_restart(open: Opener) {
     assert_eq!(h.store.last_position().await.unwrap(), 3);
     let next = append(&h.store, 1).await;
     assert_eq!(next[0].position, 4, "position 3 is not given again");
+}
+
+async fn the_timestamp_after_a_position_is_the_next_events(open: Opener) {
+    let h = open(i64::MAX / 2).await;
+    assert_eq!(h.store.timestamp_after(0).await.unwrap(), None);
+    let first = h.now();
+    append(&h.store, 1).await;
+    h.set_clock(first + 5_000);
+    append(&h.store, 1).await;
+    assert_eq!(h.store.timestamp_after(0).await.unwrap(), Some(first));
+    assert_eq!(
+        h.store.timestamp_after(1).await.unwrap(),
+        Some(first + 5_000)
+    );
+    assert_eq!(h.store.timestamp_after(2).await.unwrap(), None);
 }
 
 async fn timestamps_and_ids_never_go_back_when_the_clock_does(open: Opener) {

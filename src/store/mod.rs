@@ -3,8 +3,9 @@
 //! The rest of the broker uses [`Store`] through domain operations only (append a group of
 //! events, history, reads after a position, keys, webhook endpoints and their delivery queue,
 //! settings) and the [commit feed](feed); no SQL and no database type leaves this module. The
-//! backend is chosen at start-up from the database URL: today SQLite ([`sqlite`]: one writer
-//! thread with group commit, a pool of read-only connections).
+//! backend is chosen at start-up from the database URL: SQLite ([`sqlite`]: one writer thread
+//! with group commit, a pool of read-only connections; one broker process), or PostgreSQL
+//! ([`postgres`]: any number of broker nodes on one database, one cluster-wide order).
 //!
 //! Invariants the rest of the broker builds on, whatever the backend (the conformance suite,
 //! `conformance.rs`, holds every backend to them):
@@ -17,6 +18,7 @@
 //!   the feed, in position order.
 
 pub mod feed;
+mod postgres;
 mod sqlite;
 pub mod webhooks;
 
@@ -62,6 +64,50 @@ pub enum Backend {
         /// Read-only connections for queries.
         readers: usize,
     },
+    Postgres {
+        url: PostgresUrl,
+        /// Most pooled connections for reads and short writes (the writer and the feed's
+        /// `LISTEN` have one each besides).
+        pool_size: usize,
+    },
+}
+
+/// A `postgres://` or `postgresql://` URL that the PostgreSQL client accepts. Its `Debug` and
+/// [`PostgresUrl::redacted`] hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// Checks the URL; the error says what is wrong with it.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err("expected postgres://user@host:port/database".into());
+        }
+        postgres::check_url(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "postgres://…".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// Where and how to open the store.
@@ -116,6 +162,7 @@ pub struct Store {
 /// The open backends (one variant per database kind).
 enum Open {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 /// Calls the same operation on whichever backend is open.
@@ -123,6 +170,7 @@ macro_rules! on_backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match &*$store.backend {
             Open::Sqlite($backend) => $call,
+            Open::Postgres($backend) => $call,
         }
     };
 }
@@ -139,6 +187,9 @@ impl Store {
                         StoreError::Internal(anyhow::anyhow!("opening the store: {e}"))
                     })??;
                 Open::Sqlite(store)
+            }
+            Backend::Postgres { .. } => {
+                Open::Postgres(postgres::PostgresStore::open(config).await?)
             }
         };
         Ok(Self {
@@ -370,6 +421,53 @@ impl Store {
         on_backend!(self, b => b.ticket_secret())
     }
 
+    /// The timestamp of the first event after `position`, if one is committed: how far a feed
+    /// that has delivered up to `position` is behind.
+    pub async fn timestamp_after(&self, position: i64) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, b => b.timestamp_after(position).await)
+    }
+
+    // --- the cluster --------------------------------------------------------------------
+
+    /// Whether several broker processes may share this store (PostgreSQL): state every node
+    /// must agree on (the rate limit's buckets, the node registry) then lives in the database.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.backend, Open::Postgres(_))
+    }
+
+    /// Records that node `node` (started at `started_ms`) is alive, and answers how many nodes
+    /// were seen alive in the last [`NODE_ALIVE_MS`], this one included. One process alone
+    /// (SQLite) is the only node.
+    pub async fn heartbeat(&self, node: &str, started_ms: i64) -> Result<usize, StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(1),
+            Open::Postgres(b) => b.heartbeat(node, started_ms).await,
+        }
+    }
+
+    /// Takes node `node` out of the registry (a clean shutdown).
+    pub async fn deregister(&self, node: &str) -> Result<(), StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(()),
+            Open::Postgres(b) => b.deregister(node).await,
+        }
+    }
+
+    /// Takes up to `want` requests' worth of tokens from the cluster-wide bucket of `key`
+    /// (refilled at `per_second`, holding one second's worth at most). `None` when the store
+    /// is not shared ([`Store::is_shared`]): one process limits in memory.
+    pub async fn take_rate_tokens(
+        &self,
+        key: Uuid,
+        per_second: u32,
+        want: u32,
+    ) -> Result<Option<RateGrant>, StoreError> {
+        match &*self.backend {
+            Open::Sqlite(_) => Ok(None),
+            Open::Postgres(b) => b.take_rate_tokens(key, per_second, want).await.map(Some),
+        }
+    }
+
     /// Whether the database answers a query: readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.ping().await)
@@ -394,6 +492,9 @@ pub enum StoreError {
     LimitReached(usize),
     #[error("the store is shut down")]
     Closed,
+    /// The database cannot be reached now (a lost connection, a timeout); retrying may work.
+    #[error("the database is unreachable")]
+    Unavailable,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -507,6 +608,18 @@ pub struct PruneReport {
     pub idempotency_records: usize,
 }
 
+/// A node whose last heartbeat is older than this is not counted as alive.
+pub const NODE_ALIVE_MS: i64 = 30_000;
+
+/// What a key's cluster-wide token bucket gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateGrant {
+    /// Requests that may go ahead (0 to the number asked for).
+    pub granted: u32,
+    /// With none granted: how long until the bucket holds a whole token again.
+    pub retry_after: std::time::Duration,
+}
+
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
@@ -521,7 +634,7 @@ impl From<StoreError> for ApiError {
             StoreError::LimitReached(limit) => {
                 ApiError::Conflict(format!("the limit of {limit} is already reached"))
             }
-            StoreError::Closed => ApiError::Unavailable,
+            StoreError::Closed | StoreError::Unavailable => ApiError::Unavailable,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

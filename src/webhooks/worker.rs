@@ -8,8 +8,12 @@
 //! a crash is due again when its lease runs out (at once after a restart on SQLite); one cut
 //! short by shutdown gives its lease back. The worker wakes when the commit feed says deliveries
 //! are due (on whichever node they were queued), and polls as a backstop for retries coming due.
+//! A claim carries its endpoint as read at claim time; when the feed says endpoints changed (on
+//! any node) before an attempt starts, the endpoint is read again, so an update, disabling,
+//! deletion or secret rotation applies to every attempt started after the feed brings it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,7 @@ use crate::event::unix_now_ms;
 use crate::store::webhooks::{
     AttemptOutcome, AttemptRecord, ClaimRequest, Disable, DueDelivery, NextStep, WebhookRecord,
 };
-use crate::store::{FeedReader, Store, StoreError};
+use crate::store::{Change, FeedReader, Store, StoreError};
 
 /// Bytes of an answer kept in the attempt log.
 pub const MAX_LOGGED_BODY: usize = 20_000;
@@ -242,7 +246,13 @@ pub async fn run(
     let owner = Uuid::now_v7();
     let lease = lease_duration(&deliverer.settings);
     let ready = Arc::new(tokio::sync::Notify::new());
-    let waker = tokio::spawn(wake_on_deliveries(feed, ready.clone(), shutdown.clone()));
+    let endpoints_changed = Arc::new(AtomicU64::new(0));
+    let waker = tokio::spawn(wake_on_deliveries(
+        feed,
+        ready.clone(),
+        endpoints_changed.clone(),
+        shutdown.clone(),
+    ));
     let claims: Claims = Arc::default();
     let (outcomes, recorded) = mpsc::channel(1024);
     let recorder = tokio::spawn(record(store.clone(), recorded, claims.clone()));
@@ -283,6 +293,8 @@ pub async fn run(
                 .map(|(webhook, _)| webhook)
                 .collect()
         };
+        // Read before the claim: a change the feed brings after it is seen as one.
+        let claimed_in = endpoints_changed.load(Ordering::Acquire);
         let due = match store
             .claim_deliveries(ClaimRequest {
                 owner,
@@ -305,7 +317,7 @@ pub async fn run(
                 claims.insert(delivery.id, delivery.webhook.id);
             }
         }
-        for delivery in due {
+        for mut delivery in due {
             let endpoint = per_endpoint
                 .entry(delivery.webhook.id)
                 .or_insert_with(|| {
@@ -314,16 +326,29 @@ pub async fn run(
                     ))
                 })
                 .clone();
-            let (deliverer, overall, outcomes, store, claims) = (
+            let (deliverer, overall, outcomes, store, claims, endpoints_changed) = (
                 deliverer.clone(),
                 overall.clone(),
                 outcomes.clone(),
                 store.clone(),
                 claims.clone(),
+                endpoints_changed.clone(),
             );
             attempts.spawn(async move {
                 let _endpoint = endpoint.acquire_owned().await;
                 let _overall = overall.acquire_owned().await;
+                if endpoints_changed.load(Ordering::Acquire) != claimed_in {
+                    // The endpoint may have changed since the claim: attempt with what it is
+                    // now, or give the claim back if it is gone or disabled (or unreadable).
+                    match store.webhook(delivery.webhook.id).await {
+                        Ok(Some(webhook)) if webhook.enabled => delivery.webhook = webhook,
+                        _ => {
+                            claims.lock().expect("claims lock").remove(&delivery.id);
+                            let _ = store.release_deliveries(owner, vec![delivery.id]).await;
+                            return;
+                        }
+                    }
+                }
                 // Waiting for a slot used part of the lease: start only if an attempt can still
                 // finish (and be recorded) within it; otherwise give the claim back.
                 let left_ms = delivery.lease.until_ms - store.clock().now_ms();
@@ -352,10 +377,12 @@ pub async fn run(
     let _ = waker.await;
 }
 
-/// Wakes the worker whenever the feed says deliveries may be due.
+/// Wakes the worker whenever the feed says deliveries may be due, and counts the changes to
+/// endpoints (or the chances of having missed one) in `endpoints_changed`.
 async fn wake_on_deliveries(
     mut feed: FeedReader,
     ready: Arc<tokio::sync::Notify>,
+    endpoints_changed: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -364,7 +391,16 @@ async fn wake_on_deliveries(
             commit = feed.next() => commit,
         };
         match commit {
-            Ok(commit) if !commit.changes.is_empty() => ready.notify_one(),
+            Ok(commit) if !commit.changes.is_empty() => {
+                if commit
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::WebhooksChanged | Change::Resync))
+                {
+                    endpoints_changed.fetch_add(1, Ordering::AcqRel);
+                }
+                ready.notify_one();
+            }
             Ok(_) => {}
             Err(StoreError::Closed) => return,
             Err(e) => {

@@ -174,6 +174,19 @@ async fn the_first_start_prints_a_working_admin_key_once() {
     broker.key(&key, "reader").await;
     drop(broker);
 
+    // The node id it registers: generated on each start, or CPOD_NODE_ID.
+    let node_id = |broker: &BrokerProcess| {
+        broker
+            .banner
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("node id: ").map(str::to_owned))
+            .expect("a node id line")
+    };
+    assert!(uuid::Uuid::parse_str(&node_id(&BrokerProcess::start(dir.path(), &[]))).is_ok());
+    let named = BrokerProcess::start(dir.path(), &[("CPOD_NODE_ID", "node-7")]);
+    assert_eq!(node_id(&named), "node-7");
+    drop(named);
+
     // Configuring CPOD_ADMIN_KEY replaces the generated one.
     let broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
     broker.key(ADMIN_KEY, "reader").await;
@@ -218,12 +231,14 @@ async fn sigterm_stops_the_broker_cleanly_and_quickly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
-    // The WAL was checkpointed into the database on the way out.
-    let wal = dir.path().join("events.db-wal");
-    assert!(
-        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
-        "the WAL was not flushed"
-    );
+    if !crate::helpers::on_postgres() {
+        // The WAL was checkpointed into the database on the way out.
+        let wal = dir.path().join("events.db-wal");
+        assert!(
+            std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+            "the WAL was not flushed"
+        );
+    }
     let broker = BrokerProcess::start(dir.path(), &[("CPOD_ADMIN_KEY", ADMIN_KEY)]);
     assert_eq!(all_ids(&client, &broker, &service).await.len(), 100);
 }
@@ -263,6 +278,7 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
         ("CPOD_DATABASE_URL", "mysql://localhost/x", "--database-url"),
         ("CPOD_ADMIN_KEY", "short", "--admin-key"),
         ("CPOD_RATE_LIMIT", "-3", "--rate-limit"),
+        ("CPOD_NODE_ID", "no spaces allowed", "--node-id"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_cpod-events"))
             .env_clear()
@@ -276,36 +292,4 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
             "{name}={value}: {stderr}"
         );
     }
-}
-
-#[tokio::test]
-async fn the_wal_stays_bounded_under_continuous_writes() {
-    let app = crate::helpers::spawn_app().await;
-    let service = app.key("org-a", "service").await;
-    let filler = "x".repeat(1000);
-    // ~40 MB of events in ~1 MB batches, faster than the 10 s a small WAL may wait.
-    for batch in 0..40 {
-        let events: Vec<serde_json::Value> = (0..1000)
-            .map(|i| {
-                serde_json::json!({"type": "custom.wal", "resourceId": format!("r-{batch}-{i}"),
-                    "resourceType": "wal", "payload": {"filler": filler}})
-            })
-            .collect();
-        let response = app
-            .post_json(
-                &service,
-                "/v1/events/batch",
-                &serde_json::json!({ "events": events }),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    }
-    let wal = std::fs::metadata(app.dir.path().join("events.db-wal"))
-        .unwrap()
-        .len();
-    // The writer restarts the WAL once it passes 16 MiB (checkpointed by then); without
-    // checkpoints it would hold every one of the ~40 MB written.
-    assert!(wal < 24 * 1024 * 1024, "the WAL grew to {wal} bytes");
 }

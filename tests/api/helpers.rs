@@ -1,6 +1,10 @@
 //! Starting real brokers for tests: in-process on port 0 with a temporary database
 //! ([`spawn_app`]), or as a separate `cpod-events` process ([`BrokerProcess`]) where a test must
 //! kill or signal it.
+//!
+//! The same tests run on both backends: this file is compiled into the `api` target (SQLite: a
+//! database file in the test's temporary directory) and the `api_postgres` target (a fresh
+//! database on the local PostgreSQL server per test directory; see [`postgres`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,19 +40,187 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     start_in(TempDir::new().expect("a temporary directory"), extra).await
 }
 
+/// Whether this test binary runs the suite on PostgreSQL.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
+/// The database of a test directory: a file in it, or (on PostgreSQL) a database made for it.
 pub fn database_url(dir: &Path) -> String {
+    if on_postgres() {
+        return postgres::database_for(dir);
+    }
     format!("sqlite://{}", dir.join("events.db").display())
 }
 
+/// Whether the event with this id is still stored (expired or not).
+pub async fn event_row_exists(dir: &Path, id: &str) -> bool {
+    let uuid = uuid::Uuid::parse_str(id).unwrap();
+    if on_postgres() {
+        let (client, connection) =
+            tokio_postgres::connect(&postgres::database_for(dir), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let row = client
+            .query_one("SELECT count(*) FROM events WHERE id = $1", &[&uuid])
+            .await
+            .unwrap();
+        return row.get::<_, i64>(0) > 0;
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("events.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE id = ?1",
+            [uuid.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    count > 0
+}
+
+/// Fresh PostgreSQL databases for test directories, on the local server
+/// (`CPOD_TEST_POSTGRES`, by default `postgres://postgres@127.0.0.1:5432/postgres`).
+///
+/// A database belongs to a directory, so a test that restarts its broker on the same directory
+/// finds its data again. It is dropped once its directory is gone (the test has ended; checked
+/// whenever another database is made) or when the test process exits.
+pub mod postgres {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, Once};
+
+    static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+
+    fn server() -> String {
+        std::env::var("CPOD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// Runs SQL on the server's maintenance database, from a thread of its own (callers may be
+    /// inside a runtime, or in `atexit`).
+    fn on_server(sql: String) {
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let (client, connection) =
+                        tokio_postgres::connect(&server(), tokio_postgres::NoTls)
+                            .await
+                            .unwrap_or_else(|e| {
+                                panic!("the test PostgreSQL server at {} answers: {e}", server())
+                            });
+                    tokio::spawn(connection);
+                    client.batch_execute(&sql).await
+                })
+        })
+        .join()
+        .expect("the server thread ends")
+        .expect("the server runs the statement");
+    }
+
+    fn drop_database(name: &str) {
+        on_server(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    }
+
+    extern "C" fn drop_all() {
+        let names: Vec<String> = DATABASES
+            .lock()
+            .map(|mut d| d.take().unwrap_or_default().into_values().collect())
+            .unwrap_or_default();
+        for name in names {
+            drop_database(&name);
+        }
+    }
+
+    #[allow(dead_code)] // the api_postgres target's
+    /// The name of the database of `dir`.
+    fn name_for(dir: &Path) -> String {
+        let url = url::Url::parse(&database_for(dir)).unwrap();
+        url.path().trim_start_matches('/').to_owned()
+    }
+
+    #[allow(dead_code)] // the api_postgres target's
+    /// Ends every session on the database of `dir` (a cut connection, as the brokers see it).
+    pub fn terminate_sessions(dir: &Path) {
+        on_server(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            name_for(dir)
+        ));
+    }
+
+    #[allow(dead_code)] // the api_postgres target's
+    /// Lets clients connect to the database of `dir`, or refuses them as an unreachable server
+    /// would (with [`terminate_sessions`], every broker on it loses its database).
+    pub fn allow_connections(dir: &Path, allow: bool) {
+        on_server(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow}",
+            name_for(dir)
+        ));
+    }
+
+    /// The URL of the database of `dir`, made on first use.
+    pub fn database_for(dir: &Path) -> String {
+        static AT_EXIT: Once = Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain function to run at process exit.
+            unsafe { libc::atexit(drop_all) };
+        });
+        let (name, gone) = {
+            let mut databases = DATABASES.lock().unwrap();
+            let databases = databases.get_or_insert_with(HashMap::new);
+            let gone: Vec<String> = databases
+                .iter()
+                .filter(|(path, _)| !path.exists())
+                .map(|(_, name)| name.clone())
+                .collect();
+            databases.retain(|path, _| path.exists());
+            match databases.get(dir) {
+                Some(name) => (name.clone(), gone),
+                None => {
+                    let name = format!("cpod_test_{}", uuid::Uuid::new_v4().simple());
+                    on_server(format!("CREATE DATABASE {name}"));
+                    databases.insert(dir.to_owned(), name.clone());
+                    (name, gone)
+                }
+            }
+        };
+        for name in gone {
+            drop_database(&name);
+        }
+        let mut url = url::Url::parse(&server()).unwrap();
+        url.set_path(&name);
+        url.to_string()
+    }
+}
+
+#[allow(dead_code)] // the api_postgres target's
+/// Another node on the database of `database_dir` (PostgreSQL: several nodes may share it),
+/// with a temporary directory of its own.
+pub async fn spawn_node(database_dir: &Path, extra: &[&str]) -> TestApp {
+    let url = database_url(database_dir);
+    start_on(&url, TempDir::new().expect("a temporary directory"), extra).await
+}
+
 async fn start_in(dir: TempDir, extra: &[&str]) -> TestApp {
-    cpod_events::startup::raise_open_file_limit();
     let url = database_url(dir.path());
+    start_on(&url, dir, extra).await
+}
+
+async fn start_on(url: &str, dir: TempDir, extra: &[&str]) -> TestApp {
+    cpod_events::startup::raise_open_file_limit();
     let mut args = vec![
         "cpod-events",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
-        &url,
+        url,
         "--admin-key",
         ADMIN_KEY,
         "--workers",

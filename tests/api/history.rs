@@ -396,26 +396,10 @@ async fn expired_events_vanish_at_once_and_are_pruned() {
         1
     );
     // …and deleted from the database by the pruning task soon after.
-    let db = app.dir.path().join("events.db");
     let pruned = eventually(Duration::from_secs(10), || {
-        let db = db.clone();
         let id = id.clone();
-        async move {
-            let conn = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .unwrap();
-            let uuid = uuid::Uuid::parse_str(&id).unwrap();
-            let count: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM events WHERE id = ?1",
-                    [uuid.as_bytes()],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            count == 0
-        }
+        let dir = app.dir.path().to_owned();
+        async move { !crate::helpers::event_row_exists(&dir, &id).await }
     })
     .await;
     assert!(pruned, "the expired event is still in the database");

@@ -13,6 +13,7 @@ mod ops;
 mod receiver;
 mod schemathesis;
 mod sdk;
+mod sqlite_only;
 mod streams;
 mod webhooks;
 mod ws;

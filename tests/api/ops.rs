@@ -74,6 +74,8 @@ async fn metrics_count_ingestion_requests_commits_streams_and_webhooks() {
         "cpod_events_delivered_total{transport=\"sse\"}",
         "cpod_webhook_deliveries_total{outcome=\"succeeded\"}",
         "cpod_webhook_queue_depth",
+        "cpod_cluster_nodes ",
+        "cpod_feed_lag_seconds ",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

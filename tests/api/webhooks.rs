@@ -424,6 +424,87 @@ async fn rotation_signs_with_both_secrets_for_the_overlap() {
     python_verifies(&got, new);
 }
 
+/// An endpoint that accepts connections and never answers, until released.
+struct Silent {
+    url: String,
+    held: std::sync::Arc<std::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Silent {
+    async fn start() -> Silent {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let held = held.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    held.lock().unwrap().push(stream);
+                }
+            }
+        });
+        Silent { url, held, accept }
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Closes every connection and stops listening.
+    fn release(self) {
+        self.accept.abort();
+        self.held.lock().unwrap().clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_changed_while_deliveries_wait_their_turn_applies_to_them() {
+    // One attempt a minute after a failure: only first attempts happen during the test.
+    let app = broker(&["--webhook-retry-schedule", "0s,60s"]).await;
+    let service = app.key("org-a", "service").await;
+    let silent = Silent::start().await;
+    let webhook = create(&app, &service, json!({"url": silent.url})).await;
+    let id = webhook["id"].as_str().unwrap();
+    // Eight attempts hang on the silent endpoint (its limit in flight); four more are claimed
+    // and wait for a slot.
+    let mut events = Vec::new();
+    for n in 0..12 {
+        events.push(app.emit(&service, &custom(&format!("r{n}"))).await);
+    }
+    assert!(
+        crate::helpers::eventually(WAIT, || async { silent.connections() == 8 }).await,
+        "{} attempts in flight",
+        silent.connections()
+    );
+    let receiver = Receiver::start().await;
+    json_of(
+        app.client
+            .patch(app.url(&format!("/v1/webhooks/{id}")))
+            .bearer_auth(&service)
+            .json(&json!({"url": format!("{}/moved", receiver.url)}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    silent.release();
+    // The four that waited go to the endpoint as it is now.
+    let moved = receiver.wait_for(4, WAIT).await;
+    assert!(moved.iter().all(|r| r.path == "/moved"));
+    let ids: std::collections::BTreeSet<String> = moved
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(
+        ids.iter()
+            .all(|id| events.iter().any(|e| e["id"].as_str() == Some(id.as_str())))
+    );
+}
+
 #[tokio::test]
 async fn the_test_endpoint_sends_a_signed_unstored_event_and_reports() {
     let app = broker(&[]).await;

@@ -190,7 +190,10 @@ impl SqliteStore {
             path,
             sync,
             readers,
-        } = &config.backend;
+        } = &config.backend
+        else {
+            unreachable!("opened with a SQLite backend");
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
@@ -665,6 +668,16 @@ impl SqliteStore {
         let now = self.inner.clock.now_ms();
         self.read(move |conn| webhooks::queue_state(conn, now))
             .await
+    }
+
+    pub(super) async fn timestamp_after(&self, position: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT ts_ms FROM events WHERE pos > ?1 ORDER BY pos LIMIT 1")?
+                .query_row([position], |r| r.get(0))
+                .optional()?)
+        })
+        .await
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
@@ -1471,7 +1484,7 @@ impl Writer {
 /// random bits when that is greater, else `last` plus one in its random bits (the clock is clamped
 /// so the timestamp never goes back, but several ids share a millisecond, and a restart with the
 /// clock behind starts at the last event's millisecond).
-fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
+pub(super) fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
     let random: [u8; 10] = rand::random();
     let fresh =
         uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid();

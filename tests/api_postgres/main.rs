@@ -1,0 +1,33 @@
+//! The integration suite of `tests/api` again, every broker on PostgreSQL: each test directory
+//! gets a fresh database on the local server (`tests/api/helpers.rs`, `postgres`). Left out:
+//! `sqlite_only.rs`, which looks at SQLite's files.
+
+#[path = "../api/cli.rs"]
+mod cli;
+mod cluster;
+#[path = "../api/dashboard.rs"]
+mod dashboard;
+#[path = "../api/demo.rs"]
+mod demo;
+#[path = "../api/durability.rs"]
+mod durability;
+#[path = "../api/helpers.rs"]
+mod helpers;
+#[path = "../api/history.rs"]
+mod history;
+#[path = "../api/ingest.rs"]
+mod ingest;
+#[path = "../api/keys.rs"]
+mod keys;
+#[path = "../api/ops.rs"]
+mod ops;
+#[path = "../api/receiver.rs"]
+mod receiver;
+#[path = "../api/sdk.rs"]
+mod sdk;
+#[path = "../api/streams.rs"]
+mod streams;
+#[path = "../api/webhooks.rs"]
+mod webhooks;
+#[path = "../api/ws.rs"]
+mod ws;
