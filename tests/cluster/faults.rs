@@ -300,3 +300,85 @@ async fn a_node_cut_from_the_database_answers_503_keeps_its_streams_and_recovers
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_terminated_mid_ingest_loses_no_acknowledged_event_and_leaves_no_gap() {
+    let cluster = Cluster::start(3).await;
+    let key = cluster.key(0, "service").await;
+    let mut subscribers = Vec::new();
+    for node in &cluster.nodes {
+        subscribers.push(Subscriber::sse(&node.address, &key, None).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Posters that go on through failures: a write refused while the node reconnects is
+    // retried as a new event (unacknowledged, it may or may not have been stored).
+    let posters: Vec<_> = (0..3)
+        .map(|node| {
+            let (client, base, key, stop) = (
+                cluster.client.clone(),
+                cluster.node(node).address.clone(),
+                key.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut acknowledged, mut refused) = (Vec::new(), 0);
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    match post_to(&client, &base, &key, &event(&format!("n{node}-{i}")), None).await
+                    {
+                        Ok((StatusCode::CREATED, _, body)) => {
+                            acknowledged.push(body["id"].as_str().unwrap().to_owned())
+                        }
+                        Ok((StatusCode::SERVICE_UNAVAILABLE, _, _)) | Err(_) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok((status, _, body)) => panic!("node {node} answered {status}: {body}"),
+                    }
+                }
+                (acknowledged, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let terminated = cluster.database.terminate_sessions().await;
+    assert!(terminated > 0, "the nodes had no sessions to end");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for poster in posters {
+        let (acks, refusals) = poster.await.unwrap();
+        acknowledged.extend(acks);
+        refused += refusals;
+    }
+    let history = ids(&cluster.history(0, &key).await);
+    assert_distinct(&history, "history");
+    let missing = acknowledged
+        .iter()
+        .filter(|id| !history.contains(id))
+        .count();
+    assert_eq!(missing, 0, "acknowledged events are lost");
+    for (n, subscriber) in subscribers.iter().enumerate() {
+        let complete = subscriber
+            .wait_for(history.len(), Duration::from_secs(30))
+            .await;
+        assert!(
+            complete,
+            "node {n}'s subscriber got {} of {}\n{}",
+            subscriber.ids().len(),
+            history.len(),
+            cluster.logs()
+        );
+        assert_eq!(
+            subscriber.ids(),
+            history,
+            "node {n}'s subscriber saw a gap, a duplicate or another order"
+        );
+    }
+    eprintln!(
+        "{terminated} sessions ended: {} events acknowledged, {} stored, {refused} writes refused meanwhile",
+        acknowledged.len(),
+        history.len()
+    );
+}

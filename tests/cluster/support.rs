@@ -73,6 +73,21 @@ impl Database {
         url.to_string()
     }
 
+    /// Ends every session on this database (`pg_terminate_backend`): every node loses its
+    /// connections at once, as in a database restart or failover.
+    pub async fn terminate_sessions(&self) -> u64 {
+        connect(&server())
+            .await
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .expect("the test database's sessions are ended")
+            .len() as u64
+    }
+
     /// `host:port` of the PostgreSQL server, for a proxy in front of it.
     pub fn server_address(&self) -> String {
         let url = url::Url::parse(&server()).expect("a server URL");
