@@ -68,7 +68,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_event_and_survivors_see_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = Instant::now();
     cluster.nodes[0].kill_hard();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     let mut survivors_after_kill = Vec::new();
@@ -83,7 +83,8 @@ async fn a_node_killed_under_load_loses_no_acknowledged_event_and_survivors_see_
         }
         acknowledged.extend(acks.into_iter().map(|(id, _)| id));
     }
-    // The survivors kept acknowledging: no pause of 10 s (here: of 2 s) after the kill.
+    // The survivors kept acknowledging: no pause of 10 s (the contract's bound; here, within a
+    // 6 s window, none of 5 s) after the kill.
     survivors_after_kill.sort();
     assert!(
         !survivors_after_kill.is_empty(),
@@ -92,7 +93,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_event_and_survivors_see_
     let mut previous = killed_at;
     for at in &survivors_after_kill {
         assert!(
-            at.duration_since(previous) < Duration::from_secs(2),
+            at.duration_since(previous) < Duration::from_secs(5),
             "the survivors stopped for {:?}",
             at.duration_since(previous)
         );

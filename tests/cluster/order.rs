@@ -146,6 +146,8 @@ async fn subscribers_on_every_node_see_one_order_while_every_node_ingests() {
 async fn last_event_id_from_one_node_resumes_on_another_with_no_gap_or_duplicate() {
     let cluster = Cluster::start(3).await;
     let key = cluster.key(1, "service").await;
+    // The first leg is open before the first event: it must see them all.
+    let mut first = Some(Subscriber::sse(&cluster.node(0).address, &key, None).await);
     // Events keep coming from every node while subscribers move from node to node.
     let writing = {
         let (client, bases, key) = (
@@ -176,7 +178,9 @@ async fn last_event_id_from_one_node_resumes_on_another_with_no_gap_or_duplicate
     for (leg, &(node, websocket, take)) in legs.iter().enumerate() {
         let base = &cluster.node(node).address;
         let last = seen.last().map(String::as_str);
-        let subscriber = if websocket {
+        let subscriber = if let Some(first) = first.take() {
+            first
+        } else if websocket {
             Subscriber::ws(base, &key, last).await
         } else {
             Subscriber::sse(base, &key, last).await
