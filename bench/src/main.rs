@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 mod charts;
+mod cluster;
 mod compare;
 mod fanout;
 mod peer;
@@ -48,6 +49,9 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Webhook delivery to a local receiver.
     Webhooks(webhooks::WebhookArgs),
+    /// SQLite, one PostgreSQL node and several side by side: ingest, cross-node latency,
+    /// the database's CPU and WAL per event.
+    Cluster(cluster::ClusterArgs),
     /// Our broker and nchan side by side, every scenario on both; writes bench/results/.
     Compare(compare::CompareArgs),
 }
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Webhooks(args) => webhooks::run(args).await,
         Scenario::Compare(args) => compare::run(args).await,
+        Scenario::Cluster(args) => cluster::run(args).await,
     }
 }
 

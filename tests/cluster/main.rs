@@ -1,0 +1,9 @@
+//! Cluster tests (contract §9): three `cpod-events` processes on one fresh PostgreSQL database
+//! (`CPOD_TEST_POSTGRES`, by default the local server), spoken to over HTTP, SSE and WebSocket,
+//! killed with SIGKILL, and cut from the database through a TCP proxy.
+
+mod faults;
+mod keys;
+mod order;
+mod support;
+mod webhooks;
