@@ -22,16 +22,23 @@ use crate::config::{DatabaseUrl, ServeConfig};
 use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
+use crate::shutdown::Drain;
 use crate::store::{Backend, Clock, Store, StoreConfig};
 use crate::webhooks::WebhookSettings;
 use crate::webhooks::worker::Deliverer;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const GRACEFUL_TIMEOUT_SECS: u64 = 5;
+/// How long requests in flight at a shutdown signal get to finish; new ones are answered 503
+/// meanwhile, and the listener stays open so that none is refused with its request half sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long responses still being written after the drain (bodies to slow clients, streams
+/// saying goodbye) get before their connections are closed.
+const RESPONSE_TIMEOUT_SECS: u64 = 2;
 
 pub struct Application {
     server: Server,
     handle: ServerHandle,
+    drain: Drain,
     address: SocketAddr,
     store: Store,
     shutdown: CancellationToken,
@@ -95,10 +102,12 @@ impl Application {
                 shutdown.clone(),
             )),
         ));
+        let drain = Drain::new(shutdown.clone());
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
             shutdown: shutdown.clone(),
+            drain: drain.clone(),
             heartbeat: config.heartbeat,
             auth,
             limits: Limits {
@@ -119,6 +128,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(from_fn(crate::http::drain::refuse_while_draining))
                 .wrap(from_fn(crate::telemetry::record_request))
                 .configure(crate::http::configure)
                 .default_service(web::to(crate::error::unknown_route))
@@ -137,7 +147,7 @@ impl Application {
         // the next heartbeat.
         .h1_allow_half_closed(false)
         .disable_signals()
-        .shutdown_timeout(GRACEFUL_TIMEOUT_SECS)
+        .shutdown_timeout(RESPONSE_TIMEOUT_SECS)
         .listen(listener)?
         .run();
 
@@ -164,6 +174,7 @@ impl Application {
         ));
         Ok(Self {
             handle: server.handle(),
+            drain,
             server,
             address,
             store,
@@ -192,13 +203,14 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled; then stops accepting, lets in-flight
-    /// requests finish, joins every task, and closes the store (everything acknowledged is
-    /// durable when this returns).
+    /// Serves until the shutdown token is cancelled; then answers new requests 503 while the
+    /// ones in flight finish, stops accepting, joins every task, and closes the store
+    /// (everything acknowledged is durable when this returns).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             server,
             handle,
+            drain,
             store,
             shutdown,
             tasks,
@@ -208,6 +220,12 @@ impl Application {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
+                if !drain.finished(DRAIN_TIMEOUT).await {
+                    tracing::warn!(
+                        requests = drain.in_flight(),
+                        "requests still in flight at the end of the drain"
+                    );
+                }
                 handle.stop(true).await;
             })
         };

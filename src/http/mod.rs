@@ -2,6 +2,7 @@
 //! bodies, headers and query strings they share (so every malformed input is a contract error).
 
 pub mod dashboard;
+pub mod drain;
 pub mod history;
 pub mod ingest;
 pub mod keys;

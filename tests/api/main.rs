@@ -11,6 +11,7 @@ mod keys;
 mod ops;
 mod receiver;
 mod sdk;
+mod shutdown;
 mod streams;
 mod webhooks;
 mod ws;

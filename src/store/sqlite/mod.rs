@@ -412,7 +412,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn last_position(&self) -> Result<i64, StoreError> {
-        self.read(|conn| last_position(conn)).await
+        self.read(last_position).await
     }
 
     pub(super) async fn event_json(
