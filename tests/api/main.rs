@@ -1,6 +1,7 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
 mod cli;
+mod clock;
 mod dashboard;
 mod demo;
 mod durability;
