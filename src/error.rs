@@ -15,6 +15,9 @@ use crate::event::FieldError;
 /// `Retry-After` of a 503: a restarting broker (or another node) is back within seconds.
 const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
 
+/// `Retry-After` of a 507: space is freed by an operator, not in a moment.
+const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -40,6 +43,11 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the broker is shutting down")]
     Unavailable,
+    /// Not ready for the reason given (readiness): 503 `unavailable`.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("the broker's storage is full: writes are refused until space is freed (reads go on)")]
+    StorageFull,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -88,7 +96,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable => "unavailable",
+            ApiError::Unavailable | ApiError::NotReady(_) => "unavailable",
+            ApiError::StorageFull => "storage_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -129,7 +138,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,8 +164,11 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::NotReady(_) => {
                 response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS));
+            }
+            ApiError::StorageFull => {
+                response.insert_header((header::RETRY_AFTER, STORAGE_FULL_RETRY_AFTER_SECS));
             }
             _ => {}
         }

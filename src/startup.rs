@@ -56,6 +56,7 @@ impl Application {
                 path: path.clone(),
                 sync: config.sqlite_sync.into(),
                 readers: 4,
+                min_free_bytes: config.sqlite_min_free_bytes,
             },
             retention_ms: i64::try_from(config.retention.as_millis()).unwrap_or(i64::MAX),
             clock: Clock::system(),

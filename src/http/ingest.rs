@@ -45,6 +45,7 @@ pub fn post_route() -> actix_web::Route {
         (status = 409, description = "Idempotency-Key reused with another body", body = crate::openapi::ErrorBody),
         (status = 413, body = crate::openapi::ErrorBody), (status = 415, body = crate::openapi::ErrorBody),
         (status = 429, body = crate::openapi::ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -82,6 +83,7 @@ pub async fn post_event(
         (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
         (status = 409, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody),
         (status = 415, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::http::state::AppState;
+use crate::store::StoreError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -20,17 +21,20 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// The store answers queries.
+/// The store answers queries and takes writes.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready"),
-    (status = 503, description = "The store does not answer", body = crate::openapi::ErrorBody)
+    (status = 503, description = "Shutting down, the store does not answer, or its disk is full", body = crate::openapi::ErrorBody)
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.store.ping().await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        Err(StoreError::StorageFull) => Err(ApiError::NotReady(
+            "the storage is full; writes are refused until space is freed".into(),
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable)
+            Err(ApiError::NotReady("the store does not answer".into()))
         }
     }
 }

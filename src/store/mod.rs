@@ -61,6 +61,9 @@ pub enum Backend {
         sync: SyncMode,
         /// Read-only connections for queries.
         readers: usize,
+        /// Free space the database's filesystem keeps: below it, writes are refused (507) so
+        /// that a checkpoint always has room to fold the WAL into the database.
+        min_free_bytes: u64,
     },
 }
 
@@ -363,7 +366,8 @@ impl Store {
         on_backend!(self, b => b.ticket_secret())
     }
 
-    /// Whether the database answers a query: readiness.
+    /// Whether the store answers a query and takes writes: readiness (`StorageFull` while the
+    /// disk is full).
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.ping().await)
     }
@@ -384,6 +388,10 @@ pub enum StoreError {
     NotFound,
     #[error("the store is shut down")]
     Closed,
+    /// The disk holding the store is full (or below its reserve): writes are refused until
+    /// space is freed; reads go on.
+    #[error("the storage is full")]
+    StorageFull,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -509,6 +517,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::Closed => ApiError::Unavailable,
+            StoreError::StorageFull => ApiError::StorageFull,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -4,6 +4,7 @@ mod cli;
 mod clock;
 mod dashboard;
 mod demo;
+mod disk_full;
 mod durability;
 mod helpers;
 mod history;
