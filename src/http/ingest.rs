@@ -124,7 +124,8 @@ pub async fn post_batch(
     Ok(created(outcome))
 }
 
-fn batch_items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+/// The `events` of a batch body: 1 to 1,000 JSON values, not yet parsed as events.
+pub fn batch_items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     let mut object = parse_json_object(body, &["events"], "a batch")?;
     match object.remove("events") {
         Some(Value::Array(items)) if (1..=MAX_BATCH).contains(&items.len()) => Ok(items),

@@ -42,6 +42,8 @@ const CLOSE_UNAUTHENTICATED: u16 = 4401;
 const CLOSE_CREDENTIAL_ENDED: u16 = 4403;
 /// Subscriptions one socket may hold.
 const MAX_SUBSCRIPTIONS: usize = 100;
+/// The largest frame a client may send; a bigger one ends the socket.
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -142,7 +144,7 @@ impl Socket {
     }
 
     async fn run(mut self, messages: actix_ws::MessageStream) {
-        let mut messages = messages.max_frame_size(64 * 1024);
+        let mut messages = client_messages(messages);
         let mut queued = self.queued.take().expect("run once");
         let heartbeat = self.state.heartbeat;
         let opened = Instant::now();
@@ -189,21 +191,20 @@ impl Socket {
                 }
                 message = messages.next() => {
                     last_seen = Instant::now();
-                    match message {
-                        None | Some(Err(_)) => break None,
-                        Some(Ok(Message::Close(_))) => break None,
-                        Some(Ok(Message::Ping(bytes))) => {
+                    match incoming(message) {
+                        Incoming::End => break None,
+                        Incoming::Pong(bytes) => {
                             if self.session.pong(&bytes).await.is_err() { break None; }
                         }
-                        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
-                        Some(Ok(Message::Text(text))) => {
+                        Incoming::Ignore => {}
+                        Incoming::Text(text) => {
                             let answers = self.handle_text(&text).await;
                             for answer in answers {
                                 if self.session.text(answer).await.is_err() { break; }
                             }
                         }
-                        Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
-                            let _ = self.session.text(error_frame(None, "invalid_request", "send JSON text frames, not binary")).await;
+                        Incoming::Refuse(answer) => {
+                            let _ = self.session.text(answer).await;
                         }
                     }
                 }
@@ -215,25 +216,11 @@ impl Socket {
 
     /// Handles one client frame; answers the frames to send back, in order.
     async fn handle_text(&mut self, text: &str) -> Vec<String> {
-        let request: Value = match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => Value::Object(map),
-            Ok(_) => {
-                return vec![error_frame(
-                    None,
-                    "invalid_request",
-                    "a frame must be a JSON object",
-                )];
-            }
-            Err(e) => {
-                return vec![error_frame(
-                    None,
-                    "invalid_request",
-                    &format!("invalid JSON: {e}"),
-                )];
-            }
+        let (request, id, op) = match parse_client_frame(text) {
+            Ok(frame) => (frame.request, frame.id, frame.op),
+            Err(error) => return vec![error],
         };
-        let id = request.get("id").cloned();
-        let op = request.get("op").and_then(Value::as_str).unwrap_or("");
+        let op = op.as_str();
         if self.principal.is_none() && op != "auth" {
             return vec![error_frame(
                 id,
@@ -298,15 +285,7 @@ impl Socket {
 
     async fn subscribe(&mut self, request: &Value) -> Result<Vec<String>, ApiError> {
         let principal = self.principal.clone().expect("checked by the caller");
-        let id = match request.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    "id",
-                    "subscribe needs an id: a string of 1 to 128 characters",
-                ));
-            }
-        };
+        let id = parse_subscription_id(request)?;
         if self.subscriptions.contains_key(&id) {
             return Err(ApiError::invalid(
                 "id",
@@ -319,21 +298,7 @@ impl Socket {
                 format!("a socket holds at most {MAX_SUBSCRIPTIONS} subscriptions"),
             ));
         }
-        let filter = parse_filter_object(&principal, request.get("filter"))?;
-        let resume = match (request.get("lastEventId"), request.get("since")) {
-            (Some(Value::String(last)), _) => Resume::AfterEvent(last.clone()),
-            (Some(Value::Null) | None, Some(Value::String(since))) => {
-                Resume::Since(crate::http::history::parse_time("since", since)?)
-            }
-            (Some(Value::Null) | None, None | Some(Value::Null)) => Resume::Now,
-            (Some(_), _) => {
-                return Err(ApiError::invalid(
-                    "lastEventId",
-                    "lastEventId must be a string",
-                ));
-            }
-            (_, Some(_)) => return Err(ApiError::invalid("since", "since must be a string")),
-        };
+        let (filter, resume) = parse_subscription(&principal, request)?;
         let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
         let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
         let cancel = self.closing.child_token();
@@ -413,12 +378,12 @@ fn event_frame(subscription: &str, event: &StoredEvent) -> String {
     format!("{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}")
 }
 
-fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
+pub fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
     json!({"op": "error", "id": id.unwrap_or(Value::Null), "code": code, "message": message})
         .to_string()
 }
 
-fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
+pub fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
     if let ApiError::Internal(cause) = error {
         tracing::error!(
             error = format!("{cause:#}"),
@@ -427,6 +392,110 @@ fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
     }
     // An internal error's message says nothing of internals (see `ApiError`'s Display).
     error_frame(id, error.code(), &error.to_string())
+}
+
+/// A client's frames as the socket reads them (actix-ws decodes them): at most
+/// [`MAX_CLIENT_FRAME`] bytes each.
+pub fn client_messages(messages: actix_ws::MessageStream) -> actix_ws::MessageStream {
+    messages.max_frame_size(MAX_CLIENT_FRAME)
+}
+
+/// What the socket does with the next item of its client's message stream.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The client closed, the connection ended or a frame broke the protocol: the socket ends.
+    End,
+    /// A ping, answered with this pong.
+    Pong(bytes::Bytes),
+    /// A pong or nothing: only proof the client is alive.
+    Ignore,
+    /// A text frame: a client operation ([`parse_client_frame`]).
+    Text(String),
+    /// Anything else, answered with this error frame.
+    Refuse(String),
+}
+
+/// Decides what the socket does with one item of its message stream.
+pub fn incoming(message: Option<Result<Message, actix_ws::ProtocolError>>) -> Incoming {
+    match message {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::End,
+        Some(Ok(Message::Ping(bytes))) => Incoming::Pong(bytes),
+        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => Incoming::Ignore,
+        Some(Ok(Message::Text(text))) => Incoming::Text(text.to_string()),
+        Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => Incoming::Refuse(
+            error_frame(None, "invalid_request", "send JSON text frames, not binary"),
+        ),
+    }
+}
+
+/// A client's text frame, parsed: a JSON object with its `id` (any JSON, echoed in errors) and
+/// `op` (empty when missing or not a string).
+pub struct ClientFrame {
+    pub request: Value,
+    pub id: Option<Value>,
+    pub op: String,
+}
+
+/// Parses a client's text frame; an error is the `error` frame to answer.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
+    let request: Value = match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return Err(error_frame(
+                None,
+                "invalid_request",
+                "a frame must be a JSON object",
+            ));
+        }
+        Err(e) => {
+            return Err(error_frame(
+                None,
+                "invalid_request",
+                &format!("invalid JSON: {e}"),
+            ));
+        }
+    };
+    let id = request.get("id").cloned();
+    let op = request
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Ok(ClientFrame { request, id, op })
+}
+
+/// A subscribe frame's `id`: a string of 1 to 128 characters.
+pub fn parse_subscription_id(request: &Value) -> Result<String, ApiError> {
+    match request.get("id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => Ok(id.clone()),
+        _ => Err(ApiError::invalid(
+            "id",
+            "subscribe needs an id: a string of 1 to 128 characters",
+        )),
+    }
+}
+
+/// A subscribe frame's filter and start (`lastEventId` wins over `since`).
+pub fn parse_subscription(
+    principal: &Principal,
+    request: &Value,
+) -> Result<(Filter, Resume), ApiError> {
+    let filter = parse_filter_object(principal, request.get("filter"))?;
+    let resume = match (request.get("lastEventId"), request.get("since")) {
+        (Some(Value::String(last)), _) => Resume::AfterEvent(last.clone()),
+        (Some(Value::Null) | None, Some(Value::String(since))) => {
+            Resume::Since(crate::http::history::parse_time("since", since)?)
+        }
+        (Some(Value::Null) | None, None | Some(Value::Null)) => Resume::Now,
+        (Some(_), _) => {
+            return Err(ApiError::invalid(
+                "lastEventId",
+                "lastEventId must be a string",
+            ));
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("since", "since must be a string")),
+    };
+    Ok((filter, resume))
 }
 
 /// A subscribe frame's `filter`: the history filters as JSON (`types` a list or a
