@@ -87,6 +87,15 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_body_bytes: u32,
 
+    /// How long a request body may take to arrive once its headers are in (408 beyond).
+    #[arg(long, env = "CPOD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub body_timeout: Duration,
+
+    /// Memory, in bytes, that request bodies being read may hold together (503 beyond); one
+    /// key may hold an eighth of it, or one largest body if that is more (429 beyond).
+    #[arg(long, env = "CPOD_BODY_MEMORY", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub body_memory: u64,
+
     /// Requests per second per key (burst: one second's worth). Unset: no limit.
     #[arg(long, env = "CPOD_RATE_LIMIT")]
     pub rate_limit: Option<NonZeroU32>,
@@ -121,6 +130,10 @@ pub struct ServeConfig {
     /// retries.
     #[arg(long, env = "CPOD_WEBHOOK_DISABLE_AFTER", default_value = "5d", value_parser = parse_positive_duration)]
     pub webhook_disable_after: Duration,
+
+    /// Webhook endpoints one organization may have (409 `conflict` beyond).
+    #[arg(long, env = "CPOD_MAX_WEBHOOKS_PER_ORGANIZATION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_webhooks_per_organization: u32,
 
     /// HTTP worker threads (default: one per CPU).
     #[arg(long, env = "CPOD_WORKERS")]
@@ -268,6 +281,9 @@ mod tests {
         assert_eq!(config.webhook_retry_schedule.0.len(), 10);
         assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
         assert!(!config.webhook_allow_private);
+        assert_eq!(config.max_webhooks_per_organization, 100);
+        assert_eq!(config.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.body_memory, 256 * 1024 * 1024);
         assert!(!config.demo);
         assert_eq!(config.demo_rate, 5.0);
         assert_eq!(
@@ -321,6 +337,12 @@ mod tests {
                 "--webhook-allow-private",
             ),
             (&["--demo-rate", "0"][..], "--demo-rate"),
+            (&["--body-timeout", "0s"][..], "--body-timeout"),
+            (&["--body-memory", "lots"][..], "--body-memory"),
+            (
+                &["--max-webhooks-per-organization", "0"][..],
+                "--max-webhooks-per-organization",
+            ),
             (&["serve", "--demo-rate", "fast"][..], "--demo-rate"),
         ] {
             let message = parse(args).unwrap_err().to_string();

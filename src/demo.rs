@@ -516,7 +516,9 @@ mod tests {
             for _ in 0..3000 {
                 let event = simulation.next_event();
                 let body = serde_json::to_value(&event).unwrap();
-                let draft = EventDraft::from_json(body.clone());
+                let draft = serde_json::from_value(body.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| EventDraft::from_body(b).map_err(|e| e.message));
                 assert!(draft.is_ok(), "{body}");
                 assert!(event.payload.as_ref().is_some_and(|p| p.is_object()));
                 let id = event.resource_id.clone();

@@ -1,5 +1,7 @@
 //! The one error type every HTTP answer goes through: the contract's
-//! `{"error": {"code", "message", "param"}}` (§7) with its code table.
+//! `{"error": {"code", "message", "param"}}` (§7). The body and the code table (each code's
+//! status) are the wire crate's ([`cpod_proto::error`]), which the clients read them with and
+//! which the OpenAPI document describes (its `openapi` feature).
 //!
 //! Handlers return `Result<_, ApiError>`; extractor failures (body too large, bad JSON, bad
 //! query, bad path) and unknown routes are mapped here too, so no failure escapes as actix's
@@ -8,7 +10,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
+pub use cpod_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::event::FieldError;
 
@@ -31,8 +33,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        /// The methods the path takes, for the `Allow` header.
+        allow: &'static str,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -41,6 +47,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the broker is shutting down")]
     Unavailable,
     /// Not ready for the reason given (readiness): 503 `unavailable`.
@@ -48,6 +56,9 @@ pub enum ApiError {
     NotReady(String),
     #[error("the broker's storage is full: writes are refused until space is freed (reads go on)")]
     StorageFull,
+    /// 503 `unavailable` for want of capacity (not shutting down): worth retrying at once.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -84,21 +95,29 @@ impl ApiError {
         ApiError::NotFound(format!("no such {what}"))
     }
 
-    /// The contract's error code (§7): the one table, also used by WebSocket error frames.
+    /// The contract's error code (§7), also used by WebSocket error frames.
     pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// Which of the contract's codes this is; its status comes from the same table.
+    pub fn kind(&self) -> ErrorCode {
         match self {
-            ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable | ApiError::NotReady(_) => "unavailable",
-            ApiError::StorageFull => "storage_full",
-            ApiError::Internal(_) => "internal",
+            ApiError::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            ApiError::Unavailable | ApiError::NotReady(_) | ApiError::Overloaded(_) => {
+                ErrorCode::Unavailable
+            }
+            ApiError::StorageFull => ErrorCode::StorageFull,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -113,35 +132,9 @@ impl From<FieldError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
-}
-
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    param: Option<&'a str>,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.kind().status()).expect("the code table holds valid statuses")
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -149,16 +142,10 @@ impl ResponseError for ApiError {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
         let param = match self {
-            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::InvalidRequest { param, .. } => param.clone(),
             _ => None,
         };
-        let body = Body {
-            error: Inner {
-                code: self.code(),
-                message: self.to_string(),
-                param,
-            },
-        };
+        let body = ErrorBody::new(self.kind(), self.to_string(), param);
         let mut response = HttpResponse::build(self.status_code());
         match self {
             ApiError::RateLimited { retry_after_secs } => {
@@ -170,7 +157,17 @@ impl ResponseError for ApiError {
             ApiError::StorageFull => {
                 response.insert_header((header::RETRY_AFTER, STORAGE_FULL_RETRY_AFTER_SECS));
             }
+            ApiError::Overloaded(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             _ => {}
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: this connection cannot carry another request.
+            response.force_close();
         }
         if let ApiError::Unauthorized(_) = self {
             response.insert_header((
@@ -196,13 +193,17 @@ pub async fn unknown_route() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such endpoint".into()))
 }
 
-/// The answer for a known path with a method it does not take.
-pub async fn method_not_allowed(
-    req: actix_web::HttpRequest,
-) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}",
-        req.method(),
-        req.path()
-    )))
+/// The route for the methods a known path does not take: 405 naming them in `Allow`
+/// (`allow`: e.g. `"GET, POST"`).
+pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    actix_web::web::to(move |req: actix_web::HttpRequest| async move {
+        Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed {
+            message: format!(
+                "{} is not allowed on {}; use {allow}",
+                req.method(),
+                req.path()
+            ),
+            allow,
+        })
+    })
 }

@@ -9,21 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Why a field was refused; `field` is the JSON name of the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+/// The wire form itself, the type length bound and the refusal of a field are shared with every
+/// client (`cpod-proto`).
+pub use cpod_proto::error::FieldError;
+pub use cpod_proto::event::{Event, MAX_TYPE_LEN};
 
 /// The namespaces of the type catalogue, which decide who may emit a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,8 +30,6 @@ pub struct EventType {
     name: String,
     namespace: Namespace,
 }
-
-pub const MAX_TYPE_LEN: usize = 128;
 
 fn is_segment_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
@@ -222,88 +209,68 @@ pub struct EventDraft {
     pub payload: Map<String, Value>,
 }
 
+/// The body of `POST /v1/events` (and each item of a batch), as sent: unknown fields, wrong JSON
+/// types and missing fields are refused by its deserializer; [`EventDraft::from_body`] then
+/// applies the event rules. Its schema in the OpenAPI document states the same rules.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewEventBody {
+    /// A type from the catalogue, e.g. `pod.failed`, `custom.report.generated`.
+    #[serde(rename = "type")]
+    #[schema(
+        min_length = 3,
+        max_length = 128,
+        pattern = r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$"
+    )]
+    pub event_type: String,
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
+    pub resource_id: String,
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[a-z0-9_-]+$")]
+    pub resource_type: String,
+    /// Admin keys only (and required there); other keys may only name their own.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[\x21-\x29\x2B\x2D-\x7E]+$"
+    )]
+    pub organization_id: Option<String>,
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
+    pub workspace_id: Option<String>,
+    /// A JSON object; absent or null means `{}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Map<String, Value>>,
+}
+
 impl EventDraft {
-    /// Parses one ingestion object strictly: unknown fields, wrong types and broken rules are
-    /// refused, naming the field.
-    pub fn from_json(value: Value) -> Result<Self, FieldError> {
-        let Value::Object(mut object) = value else {
-            return Err(FieldError::new("body", "an event must be a JSON object"));
-        };
-        const FIELDS: [&str; 6] = [
-            "type",
-            "resourceId",
-            "resourceType",
-            "organizationId",
-            "workspaceId",
-            "payload",
-        ];
-        if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(FieldError {
-                field: "body",
-                message: format!(
-                    "unknown field `{unknown}`; an event has {}",
-                    FIELDS.join(", ")
-                ),
-            });
-        }
-        let event_type = EventType::parse(required_string(&mut object, "type")?.as_str())?;
-        let resource_id = ResourceId::parse(&required_string(&mut object, "resourceId")?)?;
-        let resource_type = ResourceType::parse(&required_string(&mut object, "resourceType")?)?;
-        let organization_id = optional_string(&mut object, "organizationId")?
-            .map(|s| OrganizationId::parse(&s))
-            .transpose()?;
-        let workspace_id = optional_string(&mut object, "workspaceId")?
-            .map(|s| WorkspaceId::parse(&s))
-            .transpose()?;
-        let payload = match object.remove("payload") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
-            Some(other) => {
-                return Err(FieldError::new(
-                    "payload",
-                    format!("payload must be a JSON object, not {}", json_kind(&other)),
-                ));
-            }
-        };
+    /// Applies the event rules to a body that deserialized, naming the field at fault.
+    pub fn from_body(body: NewEventBody) -> Result<Self, FieldError> {
         Ok(Self {
-            event_type,
-            resource_id,
-            resource_type,
-            organization_id,
-            workspace_id,
-            payload,
+            event_type: EventType::parse(&body.event_type)?,
+            resource_id: ResourceId::parse(&body.resource_id)?,
+            resource_type: ResourceType::parse(&body.resource_type)?,
+            organization_id: body
+                .organization_id
+                .as_deref()
+                .map(OrganizationId::parse)
+                .transpose()?,
+            workspace_id: body
+                .workspace_id
+                .as_deref()
+                .map(WorkspaceId::parse)
+                .transpose()?,
+            payload: body.payload.unwrap_or_default(),
         })
-    }
-}
-
-fn required_string(
-    object: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<String, FieldError> {
-    match object.remove(field) {
-        None | Some(Value::Null) => Err(FieldError::new(field, format!("{field} is required"))),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(FieldError::new(
-            field,
-            format!("{field} must be a string, not {}", json_kind(&other)),
-        )),
-    }
-}
-
-fn optional_string(
-    object: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, FieldError> {
-    match object.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(FieldError::new(
-            field,
-            format!(
-                "{field} must be a string or null, not {}",
-                json_kind(&other)
-            ),
-        )),
     }
 }
 
@@ -331,24 +298,8 @@ pub fn format_timestamp(unix_ms: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The wire representation of a stored event, identical in history, streams and webhooks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Event {
-    pub id: Uuid,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub resource_id: String,
-    pub resource_type: String,
-    pub organization_id: String,
-    pub workspace_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub payload: Map<String, Value>,
-    /// ISO 8601 UTC with milliseconds, e.g. `2026-05-01T12:00:00.123Z`.
-    pub timestamp: String,
-}
-
-/// Borrowed form of [`Event`] so that the writer serializes a new event without copying it.
+/// Borrowed form of [`Event`] (field for field, in its order) so that a new event is serialized
+/// without copying it; the test below holds the two to the same JSON.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EventJson<'a> {
@@ -496,34 +447,29 @@ mod tests {
     }
 
     #[test]
-    fn a_draft_is_parsed_strictly() {
-        let ok = EventDraft::from_json(json!({
+    fn a_draft_applies_the_event_rules() {
+        let body = |value: Value| serde_json::from_value::<NewEventBody>(value).unwrap();
+        let ok = EventDraft::from_body(body(json!({
             "type": "pod.failed", "resourceId": "p1", "resourceType": "pod",
             "payload": {"exitCode": 137}, "workspaceId": null
-        }))
+        })))
         .unwrap();
         assert_eq!(ok.payload["exitCode"], 137);
         assert_eq!(ok.workspace_id, None);
 
-        let no_payload = EventDraft::from_json(
-            json!({"type": "custom.a", "resourceId": "r", "resourceType": "r"}),
-        )
+        let no_payload = EventDraft::from_body(body(
+            json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "payload": null}),
+        ))
         .unwrap();
         assert!(no_payload.payload.is_empty());
 
         let cases = [
-            (json!([1]), "body"),
             (
-                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "extra": 1}),
-                "body",
-            ),
-            (json!({"resourceId": "r", "resourceType": "r"}), "type"),
-            (
-                json!({"type": 5, "resourceId": "r", "resourceType": "r"}),
+                json!({"type": "Custom.A", "resourceId": "r", "resourceType": "r"}),
                 "type",
             ),
             (
-                json!({"type": "custom.a", "resourceType": "r"}),
+                json!({"type": "custom.a", "resourceId": "", "resourceType": "r"}),
                 "resourceId",
             ),
             (
@@ -531,19 +477,7 @@ mod tests {
                 "resourceType",
             ),
             (
-                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "payload": [1]}),
-                "payload",
-            ),
-            (
-                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "payload": "x"}),
-                "payload",
-            ),
-            (
-                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "payload": 3}),
-                "payload",
-            ),
-            (
-                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "workspaceId": 3}),
+                json!({"type": "custom.a", "resourceId": "r", "resourceType": "r", "workspaceId": "a\u{1}"}),
                 "workspaceId",
             ),
             (
@@ -552,7 +486,7 @@ mod tests {
             ),
         ];
         for (value, field) in cases {
-            let err = EventDraft::from_json(value.clone()).unwrap_err();
+            let err = EventDraft::from_body(body(value.clone())).unwrap_err();
             assert_eq!(err.field, field, "{value}");
         }
     }
@@ -587,7 +521,7 @@ mod tests {
             json!({"text": "line\nbreak \u{1}"}).as_object().unwrap(),
         );
         let parsed: Event = serde_json::from_slice(&escaped.stamp(&id, 0)).unwrap();
-        assert_eq!(parsed.id, id);
+        assert_eq!(parsed.id, id.to_string());
         assert_eq!(parsed.resource_id, "quote\"back\\slash");
         assert_eq!(parsed.timestamp, "1970-01-01T00:00:00.000Z");
     }
@@ -608,7 +542,7 @@ mod tests {
             let body = format!(
                 r#"{{"type":"custom.a","resourceId":"r","resourceType":"r","payload":{{"n":{number}}}}}"#
             );
-            let draft = EventDraft::from_json(serde_json::from_str(&body).unwrap()).unwrap();
+            let draft = EventDraft::from_body(serde_json::from_str(&body).unwrap()).unwrap();
             let event = NewEvent::new(
                 draft.event_type.clone(),
                 draft.resource_id.clone(),

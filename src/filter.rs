@@ -1,52 +1,16 @@
 //! Which events a reader wants: an organization scope, type globs and exact fields.
 //!
-//! The glob language (contract §1): `*` matches any run of characters, dots included; every
-//! other character matches itself. Patterns may only use the characters an event type can hold
-//! plus `*`, so the same pattern means the same thing here and in SQLite's `GLOB` (which the
-//! store uses for history), where `?` and `[` would otherwise be special. The matching itself is
-//! the SDK's [`cpod_sdk::filter::glob_matches`], so that a client's local dispatch and the
-//! broker can never disagree on what a pattern means.
+//! The glob language (contract §1) and the matching of types and exact fields are the wire
+//! crate's ([`cpod_proto::filter`]), so that a client's local dispatch and the broker can never
+//! disagree on what a pattern means; what is the broker's own is the organization scope (which a
+//! key's role decides) and the checking of exact values as the event fields they must equal.
 
-use crate::event::{
-    FieldError, MAX_TYPE_LEN, OrganizationId, ResourceId, ResourceType, WorkspaceId,
+use crate::event::{FieldError, OrganizationId, ResourceId, ResourceType, WorkspaceId};
+use cpod_proto::filter::Criteria;
+
+pub use cpod_proto::filter::{
+    EventKey, MAX_TYPE_PATTERNS, TypePattern, check_type_count, parse_type_list,
 };
-
-/// One type pattern, e.g. `pod.*`, `*.failed`, `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypePattern(String);
-
-impl TypePattern {
-    pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        if raw.is_empty() {
-            return Err(FieldError::new("types", "a type pattern must not be empty"));
-        }
-        if raw.len() > MAX_TYPE_LEN {
-            return Err(FieldError::new(
-                "types",
-                format!("a type pattern is at most {MAX_TYPE_LEN} characters"),
-            ));
-        }
-        let allowed = |c: char| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | '*')
-        };
-        if !raw.chars().all(allowed) {
-            return Err(FieldError::new(
-                "types",
-                format!("type pattern `{raw}` may only contain [a-z0-9_.-] and `*`"),
-            ));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `event_type` matches this glob.
-    pub fn matches(&self, event_type: &str) -> bool {
-        cpod_sdk::filter::glob_matches(&self.0, event_type)
-    }
-}
 
 /// The organizations a reader sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,15 +38,6 @@ pub struct Filter {
     pub resource_type: Option<String>,
     pub resource_id: Option<String>,
     pub workspace_id: Option<String>,
-}
-
-/// The fields of an event a filter looks at.
-pub struct EventKey<'a> {
-    pub organization_id: &'a str,
-    pub event_type: &'a str,
-    pub resource_type: &'a str,
-    pub resource_id: &'a str,
-    pub workspace_id: Option<&'a str>,
 }
 
 impl Filter {
@@ -122,31 +77,14 @@ impl Filter {
 
     pub fn matches(&self, event: &EventKey<'_>) -> bool {
         self.organization.includes(event.organization_id)
-            && (self.types.is_empty() || self.types.iter().any(|p| p.matches(event.event_type)))
-            && self
-                .resource_type
-                .as_deref()
-                .is_none_or(|v| v == event.resource_type)
-            && self
-                .resource_id
-                .as_deref()
-                .is_none_or(|v| v == event.resource_id)
-            && self
-                .workspace_id
-                .as_deref()
-                .is_none_or(|v| Some(v) == event.workspace_id)
+            && Criteria {
+                types: &self.types,
+                resource_type: self.resource_type.as_deref(),
+                resource_id: self.resource_id.as_deref(),
+                workspace_id: self.workspace_id.as_deref(),
+            }
+            .matches(event)
     }
-}
-
-/// Parses a list of patterns given comma-separated and/or repeated (`types=a,b&types=c`).
-pub fn parse_type_list<'a>(
-    values: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<TypePattern>, FieldError> {
-    values
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .map(|p| TypePattern::parse(p.trim()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -155,50 +93,6 @@ mod tests {
 
     fn pattern(p: &str) -> TypePattern {
         TypePattern::parse(p).unwrap()
-    }
-
-    #[test]
-    fn globs_match_as_the_contract_says() {
-        let table = [
-            ("pod.*", "pod.failed", true),
-            ("pod.*", "pod", false),
-            ("pod.*", "person.created", false),
-            ("custom.*", "custom.report.generated", true),
-            ("*.failed", "pod.failed", true),
-            ("*.failed", "job.failed", true),
-            ("*.failed", "job.completed", false),
-            ("*", "anything.at.all", true),
-            ("pod.failed", "pod.failed", true),
-            ("pod.failed", "pod.failedx", false),
-            ("p*d.*ed", "pod.failed", true),
-            ("*o*.*", "pod.failed", true),
-            ("custom.*.generated", "custom.report.generated", true),
-            ("custom.*.generated", "custom.generated", false),
-            ("**", "x.y", true),
-            (
-                "a*a*a*a*b",
-                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-                false,
-            ),
-        ];
-        for (p, t, expected) in table {
-            assert_eq!(pattern(p).matches(t), expected, "{p} vs {t}");
-        }
-    }
-
-    #[test]
-    fn patterns_with_other_characters_are_refused() {
-        for p in ["", "Pod.*", "pod.?", "pod.[a]", "a b", "pod/*"] {
-            assert!(TypePattern::parse(p).is_err(), "{p}");
-        }
-    }
-
-    #[test]
-    fn type_lists_split_on_commas_and_repeat() {
-        let list = parse_type_list(["pod.*,job.failed", "custom.*"]).unwrap();
-        let names: Vec<&str> = list.iter().map(TypePattern::as_str).collect();
-        assert_eq!(names, ["pod.*", "job.failed", "custom.*"]);
-        assert!(parse_type_list(["pod.*,"]).is_err());
     }
 
     #[test]

@@ -1,35 +1,43 @@
 //! cPod Events: a real-time event broker.
 //!
-//! The data path, in the order an event travels it:
+//! The modules form layers that point one way: each layer uses only the layers above it in this
+//! list (`../shared/tools/layers` prints no import circle).
 //!
-//! - [`http::ingest`]   — `POST /v1/events[/batch]`: parse, validate, authorize
-//! - [`event`]          — the event, its validated fields and its wire JSON
-//! - [`store`]          — SQLite, one writer thread with group commit; positions, idempotency
-//! - [`hub`]            — live fan-out in commit order; the gapless `Subscription`
-//! - [`http::history`]  — `GET /v1/events`: filters, cursors, the retention horizon
-//! - [`http::sse`]      — `GET /v1/events/stream`: Server-Sent Events
-//! - [`http::ws`]       — `GET /v1/events/ws`: the WebSocket protocol
-//! - [`http::streams`]  — what both streams share; `POST /v1/stream-tickets`
-//! - [`webhooks`]       — signed HTTP delivery from a durable queue (`store::webhooks`)
+//! 1. **Domain** — what the broker is about, with no I/O:
+//!    [`event`] (the event, its validated fields, its wire JSON, monotonic ids and timestamps),
+//!    [`filter`] (organization scope, type globs, exact fields), [`keys`] (keys, roles, the
+//!    credential events a key's life leaves), [`tickets`] (signed, expiring stream tickets),
+//!    [`error`] (the one error type, mapped to the contract's JSON in one place), [`shutdown`]
+//!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables).
+//! 2. **Storage** — [`store`]: the only place anything durable lives, used through domain
+//!    operations (append a group of events with their idempotency records and webhook
+//!    deliveries, history, reads after a position, keys, webhook endpoints and their leased
+//!    delivery queue, settings). Behind the seam: `store::sqlite` (one writer thread with group
+//!    commit). `store::feed` is the **commit feed**: every committed group and control record
+//!    (key revoked, endpoint changed) in position order, as a stream a consumer starts after
+//!    any position. `store::conformance` holds every backend to the same invariants.
+//! 3. **Services that follow the feed** — [`hub`] (live fan-out in commit order; the gapless
+//!    `Subscription`), [`auth`] (the key cache, evicted by revocations from the feed; the per-key
+//!    rate limit), [`webhooks`] (signed delivery from the durable queue, woken by the feed;
+//!    signing; the SSRF guard), [`retention`] (pruning), [`telemetry`] (logs, Prometheus).
+//! 4. **Edges** — [`http`] (`AppState` and the `Principal` extractor in `http::state`; the body
+//!    and response types in `http::wire`, which are also the OpenAPI schemas; one module per
+//!    area: `ingest`, `history`, `keys`, `sse`, `ws`, `streams`, `webhooks`, `ops`, `dashboard`;
+//!    `bodies` and `connection` for what a request and a connection may cost), [`openapi`] (the
+//!    document, read from the handlers), [`cli`] (the command-line client, on the SDK crate
+//!    `cpod-sdk`), [`demo`] (`serve --demo`).
+//! 5. **Assembly** — [`startup`] builds the application from the configuration, runs it, and on
+//!    shutdown joins every task it spawned before it closes the store; `main.rs` calls it.
 //!
-//! Around it:
+//! Beneath the domain, the crate `cpod-proto` holds what every party speaks — the broker, the SDK,
+//! the command-line client and the load generator: the event's wire form, the type-glob
+//! language, webhook signing and verification, the webhook records and the error body with its
+//! code table. `event`, `filter`, `error`, `webhooks::signing` and `http::wire` re-export from it
+//! and add the broker's own rules; its `openapi` feature gives the same types their schemas.
 //!
-//! - [`config`]     — flags and `CPOD_*` variables
-//! - [`startup`]    — builds the application, runs it, shuts it down
-//! - [`auth`]       — keys, roles, the `Principal` extractor, the per-key rate limit
-//! - [`tickets`]    — signed, expiring stream tickets
-//! - [`filter`]     — organization scope, type globs, exact fields
-//! - [`error`]      — the one JSON error type
-//! - [`http::keys`] — `/v1/keys`
-//! - [`http::webhooks`] — `/v1/webhooks`
-//! - [`http::ops`]  — `/healthz`, `/readyz`, `/metrics`, `/openapi.json`
-//! - [`http::dashboard`] — `/` and its assets (`static/`: the dashboard and `/sdk.js`)
-//! - [`retention`]  — pruning of expired events
-//! - [`telemetry`]  — logs, the Prometheus recorder, request metrics
-//! - [`openapi`]    — the generated OpenAPI document
-//! - [`cli`]        — the command-line client (`tail`, `emit`, `history`, `keys`, `webhooks`),
-//!   built on the SDK crate `cpod-sdk` (`sdk/`)
-//! - [`demo`]       — `serve --demo`: a demo organization and a steady stream of platform activity
+//! The data path, in the order an event travels it: `http::ingest` → `event` → `store` (commit)
+//! → `store::feed` → `hub` → `http::sse` / `http::ws`; `http::history` and a resuming stream read
+//! the store.
 
 pub mod auth;
 pub mod cli;

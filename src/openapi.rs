@@ -1,14 +1,19 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`, generated from the handlers'
-//! `#[utoipa::path]` annotations, plus the schema-only types that describe bodies the handlers
-//! read by hand (strictly, to name the field at fault).
+//! `#[utoipa::path]` annotations and the body types of `http::wire` (the same types the
+//! handlers deserialize and serialize), so the document cannot drift from what is accepted.
+//!
+//! It sits above the HTTP layer: it reads the handlers, no handler reads it.
 
-use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-use crate::event::Event;
-use crate::http::keys::{CreatedKey, KeyView};
-use crate::http::webhooks::{CreatedWebhook, WebhookView};
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::event::{Event, NewEventBody};
+use crate::http::wire::{
+    AttemptView, BatchBody, CreatedKey, CreatedWebhook, DeliveryPage, DeliveryView, EventList,
+    EventPage, KeyList, KeyView, NewKeyBody, NewWebhookBody, RotatedSecret, TestResult, TicketBody,
+    TicketRequest, WebhookList, WebhookPatchBody, WebhookView,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -61,210 +66,6 @@ impl Modify for BearerAuth {
             SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("ticket"))),
         );
     }
-}
-
-/// `{"error": {"code", "message", "param"}}`.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// invalid_request, unauthorized, forbidden, not_found, conflict, payload_too_large,
-    /// unsupported_media_type, rate_limited, internal.
-    pub code: String,
-    pub message: String,
-    pub param: Option<String>,
-}
-
-/// The body of `POST /v1/events`; unknown fields are refused.
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewEventBody {
-    /// e.g. `pod.failed`, `custom.report.generated`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub resource_id: String,
-    pub resource_type: String,
-    /// Admin keys only (and required there); other keys may only name their own.
-    pub organization_id: Option<String>,
-    pub workspace_id: Option<String>,
-    /// A JSON object; absent or null means `{}`.
-    #[schema(value_type = Option<Object>)]
-    pub payload: Option<serde_json::Value>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct BatchBody {
-    /// 1 to 1000 events, stored all or none.
-    pub events: Vec<NewEventBody>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct EventList {
-    pub data: Vec<Event>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EventPage {
-    pub data: Vec<Event>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewKeyBody {
-    /// Required for admin keys; service keys may only name their own.
-    pub organization_id: Option<String>,
-    /// service, app or reader.
-    pub role: String,
-    pub name: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct KeyList {
-    pub data: Vec<KeyView>,
-}
-
-/// The history filters.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct HistoryParams {
-    /// Required for admin keys (`*`: every organization).
-    organization_id: Option<String>,
-    /// Type globs, comma-separated or repeated: `pod.*,job.failed`.
-    types: Option<String>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-    workspace_id: Option<String>,
-    /// ISO 8601, inclusive.
-    since: Option<String>,
-    /// ISO 8601, exclusive.
-    until: Option<String>,
-    /// 1 to 1000, default 50.
-    limit: Option<u32>,
-    /// `desc` (default) or `asc`.
-    order: Option<String>,
-    /// The previous page's `nextCursor`.
-    cursor: Option<String>,
-}
-
-/// The stream filters and start (SSE).
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct StreamParams {
-    /// Required for admin keys (`*`: every organization).
-    organization_id: Option<String>,
-    /// Type globs, comma-separated or repeated.
-    types: Option<String>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-    workspace_id: Option<String>,
-    /// Replay after this event id, then go live (the Last-Event-ID header wins).
-    last_event_id: Option<String>,
-    /// Replay from this time (ISO 8601), then go live.
-    since: Option<String>,
-    /// A stream ticket, for clients that cannot send headers.
-    ticket: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TicketRequest {
-    /// 1 to 86400, default 3600.
-    pub ttl_seconds: Option<u64>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TicketBody {
-    /// `cpt_…`: pass as `?ticket=` to the stream endpoints.
-    pub ticket: String,
-    pub expires_at: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NewWebhookBody {
-    /// http or https; must resolve to a public address unless CPOD_WEBHOOK_ALLOW_PRIVATE.
-    pub url: String,
-    /// Type patterns, default `["*"]`.
-    pub types: Option<Vec<String>>,
-    pub resource_type: Option<String>,
-    pub description: Option<String>,
-    /// Admin keys only (and required there).
-    pub organization_id: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookPatchBody {
-    pub url: Option<String>,
-    pub types: Option<Vec<String>>,
-    pub resource_type: Option<String>,
-    pub description: Option<String>,
-    pub enabled: Option<bool>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WebhookList {
-    pub data: Vec<WebhookView>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RotatedSecret {
-    pub secret: String,
-    pub previous_secret_expires_at: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TestResult {
-    pub success: bool,
-    pub response_status: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AttemptView {
-    pub attempt: i64,
-    pub response_status: Option<u16>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-    pub attempted_at: String,
-    /// The first 20,000 bytes of the answer.
-    pub response_body: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryView {
-    pub id: String,
-    pub event_id: String,
-    pub event_type: String,
-    /// pending, succeeded or failed.
-    pub status: String,
-    pub next_attempt_at: Option<String>,
-    pub created_at: String,
-    pub attempts: Vec<AttemptView>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryPage {
-    pub data: Vec<DeliveryView>,
-    pub has_more: bool,
-    pub next_cursor: Option<String>,
 }
 
 /// The document as JSON text.

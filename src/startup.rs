@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::{DatabaseUrl, ServeConfig};
+use crate::http::bodies::BodyBudget;
 use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
@@ -39,6 +40,8 @@ pub struct Application {
     server: Server,
     handle: ServerHandle,
     drain: Drain,
+    /// Cancelled when the drain is over: connections then take no more requests.
+    stopping: CancellationToken,
     address: SocketAddr,
     store: Store,
     shutdown: CancellationToken,
@@ -104,6 +107,14 @@ impl Application {
             )),
         ));
         let drain = Drain::new(shutdown.clone());
+        let body_memory = usize::try_from(config.body_memory).unwrap_or(usize::MAX);
+        if body_memory < config.max_body_bytes as usize {
+            anyhow::bail!(
+                "CPOD_BODY_MEMORY ({}) must be at least CPOD_MAX_BODY_BYTES ({})",
+                config.body_memory,
+                config.max_body_bytes
+            );
+        }
         let state = web::Data::new(AppState {
             store: store.clone(),
             hub,
@@ -114,7 +125,13 @@ impl Application {
             limits: Limits {
                 max_event_bytes: config.max_event_bytes as usize,
                 max_body_bytes: config.max_body_bytes as usize,
+                max_webhooks_per_organization: config.max_webhooks_per_organization as usize,
+                body_timeout: config.body_timeout,
             },
+            bodies: BodyBudget::new(
+                body_memory,
+                BodyBudget::per_key_share(body_memory, config.max_body_bytes as usize),
+            ),
             openapi: crate::openapi::document(),
             deliverer,
         });
@@ -126,31 +143,25 @@ impl Application {
             .workers
             .map(|n| n.get() as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .wrap(from_fn(crate::http::drain::refuse_while_draining))
-                .wrap(from_fn(crate::telemetry::record_request))
-                .configure(crate::http::configure)
-                .default_service(web::to(crate::error::unknown_route))
-        })
-        .workers(workers)
-        .backlog(4096)
-        // Stream frames are small and latency-bound: never let Nagle hold one back.
-        .on_connect(|connection, _| {
-            if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        // A subscriber that closes its socket ends its stream at once (the read side sees the
-        // EOF), instead of lingering until a write fails: a stream whose filter matches nothing
-        // would otherwise hold its memory and wake for every event of its organization until
-        // the next heartbeat.
-        .h1_allow_half_closed(false)
-        .disable_signals()
-        .shutdown_timeout(RESPONSE_TIMEOUT_SECS)
-        .listen(listener)?
-        .run();
+        // Connections stop taking requests only once the drain is over (`stopping`): until
+        // then, a request read after the signal gets its 503 (refuse_while_draining).
+        let stopping = CancellationToken::new();
+        let server = crate::http::connection::serve(
+            listener,
+            crate::http::connection::ServerSettings {
+                workers,
+                shutdown_timeout: Duration::from_secs(RESPONSE_TIMEOUT_SECS),
+                shutdown: stopping.clone(),
+            },
+            move || {
+                App::new()
+                    .app_data(state.clone())
+                    .wrap(from_fn(crate::http::drain::refuse_while_draining))
+                    .wrap(from_fn(crate::telemetry::record_request))
+                    .configure(crate::http::configure)
+                    .default_service(web::to(crate::error::unknown_route))
+            },
+        )?;
 
         tasks.push((
             "retention",
@@ -176,6 +187,7 @@ impl Application {
         Ok(Self {
             handle: server.handle(),
             drain,
+            stopping,
             server,
             address,
             store,
@@ -212,6 +224,7 @@ impl Application {
             server,
             handle,
             drain,
+            stopping,
             store,
             shutdown,
             tasks,
@@ -227,6 +240,7 @@ impl Application {
                         "requests still in flight at the end of the drain"
                     );
                 }
+                stopping.cancel();
                 handle.stop(true).await;
             })
         };

@@ -10,19 +10,71 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
+/// Requests refused by actix-http before any handler (malformed HTTP) are logged at debug and
+/// counted ([`ProtocolErrors`]), not at ERROR: any client could flood the log with them.
 pub fn init_logs(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let format: Box<dyn Layer<_> + Send + Sync> = if json {
+        Box::new(format.json())
     } else {
-        builder.try_init()
+        Box::new(format)
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(ProtocolErrors)
+        .with(format)
+        .try_init();
+}
+
+/// Turns actix-http's ERROR for a request it could not parse into a debug line and a count in
+/// `cpod_http_protocol_errors_total`. Other errors of actix-http pass unchanged.
+pub struct ProtocolErrors;
+
+impl ProtocolErrors {
+    const PREFIX: &'static str = "stream error: request parse error";
+}
+
+/// The `message` of an event.
+#[derive(Default)]
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for ProtocolErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let metadata = event.metadata();
+        if *metadata.level() != tracing::Level::ERROR
+            || !metadata.target().starts_with("actix_http")
+        {
+            return true;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        if !message.0.starts_with(Self::PREFIX) {
+            return true;
+        }
+        metrics::counter!("cpod_http_protocol_errors_total").increment(1);
+        let reason = message.0[Self::PREFIX.len()..].trim_start_matches([':', ' ']);
+        tracing::debug!(reason, "refused a request that is not valid HTTP/1.1");
+        false
+    }
 }
 
 /// The Prometheus recorder, installed on first use (once per process: tests start many brokers
@@ -44,14 +96,34 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// Counts every request by method, route pattern and status, and times it.
+/// The method as a metric label: one of the standard methods, else `other`. Any token is a
+/// legal HTTP method, so a raw method as a label would let each client mint series without end.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts every request by method, route pattern and status, and times it. Every label comes
+/// from a closed set: [`method_label`], the pattern of the route that matched (never the raw
+/// path) or `unmatched`, and the status code.
 pub async fn record_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let result = next.call(req).await;
     let status = match &result {
         Ok(response) => response.status(),
@@ -59,7 +131,7 @@ pub async fn record_request(
     };
     metrics::counter!(
         "cpod_http_requests_total",
-        "method" => method.clone(),
+        "method" => method,
         "route" => route.clone(),
         "status" => status.as_u16().to_string()
     )
@@ -67,4 +139,21 @@ pub async fn record_request(
     metrics::histogram!("cpod_http_request_duration_seconds", "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::Method;
+
+    use super::method_label;
+
+    #[test]
+    fn method_labels_are_the_standard_methods_or_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for raw in ["BREW", "get", "PROPFIND", &"X".repeat(4000)] {
+            let method = Method::from_bytes(raw.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{raw}");
+        }
+    }
 }

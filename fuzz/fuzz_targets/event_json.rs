@@ -2,27 +2,26 @@
 //! as an event must serialize to the wire JSON of exactly that event, of the size announced.
 #![no_main]
 
-use cpod_events::event::{Event, EventDraft, NewEvent, OrganizationId};
-use cpod_events::http::ingest::batch_items;
-use cpod_events::http::parse_json;
+use cpod_events::event::{Event, EventDraft, NewEvent, NewEventBody, OrganizationId};
+use cpod_events::http::ingest::{MAX_BATCH, batch_events};
+use cpod_events::http::wire::parse_body;
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 use uuid::Uuid;
 
 fuzz_target!(|body: &[u8]| {
-    if let Ok(value) = parse_json(body) {
-        check_event(value);
+    if let Ok(event) = parse_body::<NewEventBody>(body) {
+        check_event(event);
     }
-    if let Ok(items) = batch_items(body) {
-        assert!((1..=1000).contains(&items.len()));
-        for item in items {
-            check_event(item);
+    if let Ok(events) = batch_events(body) {
+        assert!((1..=MAX_BATCH).contains(&events.len()));
+        for event in events {
+            check_event(event);
         }
     }
 });
 
-fn check_event(value: Value) {
-    let Ok(draft) = EventDraft::from_json(value) else {
+fn check_event(body: NewEventBody) {
+    let Ok(draft) = EventDraft::from_body(body) else {
         return;
     };
     let organization = draft
@@ -45,7 +44,7 @@ fn check_event(value: Value) {
         "the stored size is the announced size"
     );
     let stored: Event = serde_json::from_slice(&json).expect("the wire JSON is an event");
-    assert_eq!(stored.id, id);
+    assert_eq!(stored.id, id.to_string());
     assert_eq!(stored.event_type, draft.event_type.as_str());
     assert_eq!(stored.resource_id, draft.resource_id.as_str());
     assert_eq!(stored.resource_type, draft.resource_type.as_str());

@@ -2,7 +2,7 @@
 //! pattern that parses matches exactly what the contract's glob says it matches.
 #![no_main]
 
-use cpod_events::filter::{EventKey, Filter, OrgScope, parse_type_list};
+use cpod_events::filter::{EventKey, Filter, MAX_TYPE_PATTERNS, OrgScope, parse_type_list};
 use cpod_events_fuzz::reference_glob;
 use libfuzzer_sys::fuzz_target;
 
@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(patterns) = parse_type_list([types]) else {
         return;
     };
+    assert!(patterns.len() <= MAX_TYPE_PATTERNS);
     for pattern in &patterns {
         if event_type.len() <= 256 {
             assert_eq!(

@@ -1,7 +1,8 @@
-//! The bytes a WebSocket client sends after the upgrade, arriving in chunks of any size: decoded
-//! into frames by the same message stream the socket reads ([`client_messages`]: actix-ws with
-//! the broker's frame limit), each message handled as [`incoming`] decides, each text frame
-//! parsed as a client operation. Input: one byte of chunk size, then the stream.
+//! The bytes a WebSocket client sends after the upgrade, arriving in chunks of any size, read
+//! exactly as the socket reads them ([`client_socket`]: the frame-head limit, actix-ws's codec
+//! with the broker's frame limit, fragments assembled into messages), each message turned into
+//! what the socket does next, each text message parsed as a client operation. Input: one byte
+//! of chunk size, then the stream.
 #![no_main]
 
 use actix_web::FromRequest;
@@ -10,8 +11,9 @@ use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::test::TestRequest;
 use actix_web::web::{self, Bytes};
-use cpod_events::http::ws::{Incoming, MAX_CLIENT_FRAME, client_messages, incoming};
-use cpod_events_fuzz::{assert_error_frame, check_client_frame};
+use actix_ws::CloseCode;
+use cpod_events::http::ws::{Incoming, MAX_MESSAGE_BYTES, client_socket};
+use cpod_events_fuzz::check_client_frame;
 use futures_util::{FutureExt, StreamExt, stream};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,24 +38,35 @@ fuzz_target!(|data: &[u8]| {
     let body = web::Payload::from_request(&req, &mut payload)
         .now_or_never()
         .expect("a payload is ready")
-        .unwrap_or_else(|e: actix_web::Error| unreachable!("{e}"));
-    let (_response, _session, messages) =
-        actix_ws::handle(&req, body).expect("a valid upgrade request");
-    let mut messages = client_messages(messages);
-    // Every chunk is ready at once: the stream ends (or the socket would) without waiting.
+        .expect("a payload is always there");
+    let (_response, _session, mut messages) = client_socket(&req, body)
+        .now_or_never()
+        .expect("the upgrade does not wait")
+        .expect("a valid upgrade request");
+    // Every chunk is ready at once: the socket never waits for its next message.
     loop {
         let next = messages
             .next()
             .now_or_never()
             .expect("the stream never waits on ready chunks");
-        match incoming(next) {
-            Incoming::End => break,
-            Incoming::Pong(_) | Incoming::Ignore => {}
+        match next {
+            Incoming::End(reason) => {
+                if let Some(reason) = reason {
+                    assert!(
+                        matches!(
+                            reason.code,
+                            CloseCode::Size | CloseCode::Invalid | CloseCode::Protocol
+                        ),
+                        "{reason:?}"
+                    );
+                }
+                break;
+            }
+            Incoming::Pong(_) | Incoming::Alive | Incoming::Binary => {}
             Incoming::Text(text) => {
-                assert!(text.len() <= MAX_CLIENT_FRAME);
+                assert!(text.len() <= MAX_MESSAGE_BYTES);
                 check_client_frame(&text);
             }
-            Incoming::Refuse(answer) => assert_error_frame(&answer),
         }
     }
 });

@@ -1,15 +1,15 @@
-//! The client handle: where the broker is, the key it is spoken to with, one pooled HTTP client,
-//! and the decoding of every answer into a value or an [`Error`].
+//! The client handle: one broker, one key, and the resource handles made from them
+//! ([`Events`], [`Keys`], [`Webhooks`]). Requests and the decoding of answers are
+//! the internal `api` module's, which the resource modules use directly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use reqwest::{Method, RequestBuilder, Response};
-use serde::de::DeserializeOwned;
 use url::Url;
 
-use crate::error::{ApiError, Error, Result};
+use crate::api::Api;
+use crate::error::{Error, Result};
 use crate::events::{Events, LocalSubscriptions};
 use crate::keys::Keys;
 use crate::webhooks::Webhooks;
@@ -28,22 +28,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Clone)]
 pub struct CpodClient {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) base_url: Url,
-    pub(crate) api_key: String,
-    pub(crate) http: reqwest::Client,
-    pub(crate) timeout: Duration,
-    pub(crate) subscriptions: LocalSubscriptions,
+    api: Api,
+    subscriptions: Arc<LocalSubscriptions>,
 }
 
 impl std::fmt::Debug for CpodClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
         f.debug_struct("CpodClient")
-            .field("base_url", &self.inner.base_url.as_str())
+            .field("base_url", &self.api.base_url().as_str())
             .finish_non_exhaustive()
     }
 }
@@ -98,7 +91,8 @@ impl CpodClient {
     /// ```
     pub fn events(&self) -> Events {
         Events {
-            client: self.clone(),
+            api: self.api.clone(),
+            subscriptions: self.subscriptions.clone(),
         }
     }
 
@@ -111,7 +105,7 @@ impl CpodClient {
     /// ```
     pub fn keys(&self) -> Keys {
         Keys {
-            client: self.clone(),
+            api: self.api.clone(),
         }
     }
 
@@ -124,7 +118,7 @@ impl CpodClient {
     /// ```
     pub fn webhooks(&self) -> Webhooks {
         Webhooks {
-            client: self.clone(),
+            api: self.api.clone(),
         }
     }
 
@@ -136,94 +130,7 @@ impl CpodClient {
     /// # Ok::<(), cpod_sdk::Error>(())
     /// ```
     pub fn base_url(&self) -> &Url {
-        &self.inner.base_url
-    }
-
-    /// `base_url` joined with an absolute API path such as `/v1/events`.
-    pub(crate) fn url(&self, path: &str) -> Url {
-        let mut url = self.inner.base_url.clone();
-        let base = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{base}{path}"));
-        url
-    }
-
-    /// A request with the key and the default timeout.
-    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.inner
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.inner.api_key)
-            .timeout(self.inner.timeout)
-    }
-
-    /// A request with the key and no overall timeout (for streams).
-    pub(crate) fn stream_request(&self, path: &str) -> RequestBuilder {
-        self.inner
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.inner.api_key)
-    }
-
-    /// Sends `request` and decodes a success as `T`, a failure as the broker's error.
-    pub(crate) async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
-        let response = check(request.send().await?).await?;
-        let bytes = response.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Protocol(format!(
-                "{e} in {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-            ))
-        })
-    }
-}
-
-/// Passes a 2xx answer through and turns anything else into [`Error::Api`].
-pub(crate) async fn check(response: Response) -> Result<Response> {
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let text = response.text().await.unwrap_or_default();
-    Err(Error::Api(decode_error(status, &text, retry_after)))
-}
-
-/// The broker's `{"error": {...}}`, or a description of whatever came instead (a proxy's page).
-pub(crate) fn decode_error(status: u16, text: &str, retry_after: Option<Duration>) -> ApiError {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Body,
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        code: String,
-        message: String,
-        #[serde(default)]
-        param: Option<String>,
-    }
-    match serde_json::from_str::<Envelope>(text) {
-        Ok(Envelope { error }) => ApiError {
-            status,
-            code: error.code,
-            message: error.message,
-            param: error.param,
-            retry_after,
-        },
-        Err(_) => ApiError {
-            status,
-            code: format!("http_{status}"),
-            message: format!(
-                "HTTP {status}: {}",
-                text.chars().take(200).collect::<String>().trim()
-            ),
-            param: None,
-            retry_after,
-        },
+        self.api.base_url()
     }
 }
 
@@ -328,13 +235,13 @@ impl ClientBuilder {
             }
         };
         Ok(CpodClient {
-            inner: Arc::new(Inner {
+            api: Api::new(
                 base_url,
                 api_key,
                 http,
-                timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
-                subscriptions: LocalSubscriptions::default(),
-            }),
+                self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            ),
+            subscriptions: Arc::default(),
         })
     }
 }
@@ -344,32 +251,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_join_onto_a_base_with_or_without_a_prefix() {
-        let client = CpodClient::new("http://h:1", "cpk_x").unwrap();
-        assert_eq!(client.url("/v1/events").as_str(), "http://h:1/v1/events");
-        let client = CpodClient::new("http://h:1/events/", "cpk_x").unwrap();
-        assert_eq!(
-            client.url("/v1/events").as_str(),
-            "http://h:1/events/v1/events"
-        );
-    }
-
-    #[test]
-    fn broker_errors_keep_code_message_and_param() {
-        let error = decode_error(
-            400,
-            r#"{"error":{"code":"invalid_request","message":"bad type","param":"type"}}"#,
-            None,
-        );
-        assert_eq!(error.code, "invalid_request");
-        assert_eq!(error.param.as_deref(), Some("type"));
-        assert_eq!(
-            error.to_string(),
-            "bad type (invalid_request, HTTP 400, param type)"
-        );
-        let proxy = decode_error(502, "<html>Bad gateway</html>", None);
-        assert_eq!(proxy.code, "http_502");
-        assert!(proxy.is_transient());
+    fn clones_share_local_subscriptions_and_never_show_the_key() {
+        let client = CpodClient::new("http://h:1/events/", "cpk_secret").unwrap();
+        assert_eq!(client.base_url().as_str(), "http://h:1/events/");
+        assert!(!format!("{client:?}").contains("cpk_secret"));
+        let subscription = client
+            .clone()
+            .events()
+            .subscribe(crate::Filter::new(), |_| {});
+        let event: crate::Event = serde_json::from_str(
+            r#"{"id": "x", "type": "pod.failed", "resourceId": "p1", "resourceType": "pod",
+                "organizationId": "org-1", "workspaceId": null, "payload": {},
+                "timestamp": "2026-05-01T12:00:00.000Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(client.events().dispatch(&event), 1);
+        subscription.unsubscribe();
+        assert_eq!(client.events().dispatch(&event), 0);
     }
 
     #[test]

@@ -126,8 +126,28 @@ impl Error {
 }
 
 /// `error`'s message followed by each cause in its chain that the message does not already
-/// show, so that "cannot reach the broker" says why (e.g. `Connection refused`).
-pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+/// show, so that "cannot reach the broker" says why (e.g. `Connection refused`). The SDK's
+/// streams report their reconnections with it; an application can describe any error so.
+///
+/// ```
+/// #[derive(Debug)]
+/// struct Unreachable(std::io::Error);
+/// impl std::fmt::Display for Unreachable {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("cannot reach the broker")
+///     }
+/// }
+/// impl std::error::Error for Unreachable {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+/// let error = Unreachable(std::io::Error::other("Connection refused"));
+/// assert_eq!(cpod_sdk::error::with_causes(&error), "cannot reach the broker: Connection refused");
+/// let plain = cpod_sdk::Error::Config("no API key".into());
+/// assert_eq!(cpod_sdk::error::with_causes(&plain), "no API key");
+/// ```
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {

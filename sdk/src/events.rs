@@ -8,13 +8,13 @@ use futures_util::{Stream, TryStreamExt};
 use reqwest::Method;
 use serde::Deserialize;
 
-use crate::client::{CpodClient, check};
+use crate::api::{Api, check};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::{Emitted, EmittedBatch, Event, HistoryQuery, NewEvent, Page};
 use crate::stream::{EventStream, StreamOptions, Transport};
 
-/// Events of one broker. Get it with [`CpodClient::events`].
+/// Events of one broker. Get it with [`CpodClient::events`](crate::CpodClient::events).
 ///
 /// ```
 /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
@@ -23,7 +23,9 @@ use crate::stream::{EventStream, StreamOptions, Transport};
 /// ```
 #[derive(Debug, Clone)]
 pub struct Events {
-    pub(crate) client: CpodClient,
+    pub(crate) api: Api,
+    /// The client's (shared by its clones and every `Events` made from them).
+    pub(crate) subscriptions: Arc<LocalSubscriptions>,
 }
 
 type Handler = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -33,6 +35,15 @@ type Handler = Arc<dyn Fn(&Event) + Send + Sync>;
 pub(crate) struct LocalSubscriptions {
     next_id: AtomicU64,
     entries: Arc<Mutex<Vec<(u64, Filter, Handler)>>>,
+}
+
+impl std::fmt::Debug for LocalSubscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.entries.lock().map_or(0, |entries| entries.len());
+        f.debug_struct("LocalSubscriptions")
+            .field("count", &count)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An in-process subscription made by [`Events::subscribe`]. It stays active until
@@ -111,10 +122,10 @@ impl Events {
     /// ```
     pub async fn get_history(&self, query: &HistoryQuery) -> Result<Page<Event>> {
         let request = self
-            .client
+            .api
             .request(Method::GET, "/v1/events")
             .query(&query.to_pairs());
-        self.client.send(request).await
+        self.api.send(request).await
     }
 
     /// Every event of a history query, page after page, following cursors (the query's own
@@ -166,18 +177,11 @@ impl Events {
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, id: &str) -> Result<Event> {
-        let mut url = self.client.url("/v1/events");
+        let mut url = self.api.url("/v1/events");
         url.path_segments_mut()
             .map_err(|()| Error::Config("the base URL cannot hold a path".into()))?
             .push(id);
-        let request = self
-            .client
-            .inner
-            .http
-            .get(url)
-            .bearer_auth(&self.client.inner.api_key)
-            .timeout(self.client.inner.timeout);
-        self.client.send(request).await
+        self.api.send(self.api.request_url(Method::GET, url)).await
     }
 
     /// Stores one event; answers it as stored, once it is durable.
@@ -217,7 +221,7 @@ impl Events {
     }
 
     async fn emit_request(&self, event: &NewEvent, key: Option<&str>) -> Result<Emitted> {
-        let mut request = self.client.request(Method::POST, "/v1/events").json(event);
+        let mut request = self.api.request(Method::POST, "/v1/events").json(event);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -258,7 +262,7 @@ impl Events {
 
     async fn batch_request(&self, events: &[NewEvent], key: Option<&str>) -> Result<EmittedBatch> {
         let mut request = self
-            .client
+            .api
             .request(Method::POST, "/v1/events/batch")
             .json(&serde_json::json!({ "events": events }));
         if let Some(key) = key {
@@ -307,7 +311,7 @@ impl Events {
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
-        let local = &self.client.inner.subscriptions;
+        let local = &self.subscriptions;
         let id = local.next_id.fetch_add(1, Ordering::Relaxed);
         local
             .entries
@@ -335,8 +339,6 @@ impl Events {
     /// ```
     pub fn dispatch(&self, event: &Event) -> usize {
         let matching: Vec<Handler> = self
-            .client
-            .inner
             .subscriptions
             .entries
             .lock()
@@ -384,7 +386,7 @@ impl Events {
     /// # }
     /// ```
     pub fn stream_with(&self, filter: Filter, options: StreamOptions) -> EventStream {
-        EventStream::spawn(self.client.clone(), Transport::Sse, filter, options)
+        EventStream::spawn(self.api.clone(), Transport::Sse, filter, options)
     }
 
     /// The same stream over the WebSocket endpoint (one subscription per socket).
@@ -415,6 +417,6 @@ impl Events {
     /// # }
     /// ```
     pub fn stream_ws_with(&self, filter: Filter, options: StreamOptions) -> EventStream {
-        EventStream::spawn(self.client.clone(), Transport::WebSocket, filter, options)
+        EventStream::spawn(self.api.clone(), Transport::WebSocket, filter, options)
     }
 }

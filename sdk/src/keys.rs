@@ -3,10 +3,10 @@
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::CpodClient;
+use crate::api::{Api, path_segment};
 use crate::error::Result;
 
-/// API keys of one broker. Get it with [`CpodClient::keys`].
+/// API keys of one broker. Get it with [`CpodClient::keys`](crate::CpodClient::keys).
 ///
 /// ```
 /// # let client = cpod_sdk::CpodClient::new("http://127.0.0.1:8080", "cpk_x")?;
@@ -15,7 +15,7 @@ use crate::error::Result;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Keys {
-    pub(crate) client: CpodClient,
+    pub(crate) api: Api,
 }
 
 /// A key as listed: never its secret.
@@ -120,8 +120,8 @@ impl Keys {
     /// # Ok(()) }
     /// ```
     pub async fn create(&self, new: &NewKey) -> Result<CreatedKey> {
-        let request = self.client.request(Method::POST, "/v1/keys").json(new);
-        self.client.send(request).await
+        let request = self.api.request(Method::POST, "/v1/keys").json(new);
+        self.api.send(request).await
     }
 
     /// Active keys (admin: of every organization, or of `organization_id`).
@@ -134,11 +134,11 @@ impl Keys {
     /// # Ok(()) }
     /// ```
     pub async fn list(&self, organization_id: Option<&str>) -> Result<Vec<KeyInfo>> {
-        let mut request = self.client.request(Method::GET, "/v1/keys");
+        let mut request = self.api.request(Method::GET, "/v1/keys");
         if let Some(org) = organization_id {
             request = request.query(&[("organizationId", org)]);
         }
-        Ok(self.client.send::<List>(request).await?.data)
+        Ok(self.api.send::<List>(request).await?.data)
     }
 
     /// Revokes a key: it gets `unauthorized` from then on and its streams close.
@@ -150,15 +150,8 @@ impl Keys {
     /// ```
     pub async fn revoke(&self, id: &str) -> Result<KeyInfo> {
         let request = self
-            .client
+            .api
             .request(Method::DELETE, &format!("/v1/keys/{}", path_segment(id)));
-        self.client.send(request).await
+        self.api.send(request).await
     }
-}
-
-/// `value` made safe for one path segment.
-pub(crate) fn path_segment(value: &str) -> String {
-    url::form_urlencoded::byte_serialize(value.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }

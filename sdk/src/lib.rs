@@ -28,12 +28,14 @@
 //!
 //! Modules, one idea each:
 //!
-//! - [`client`]   — the handle: base URL, key, HTTP client, error decoding
+//! - [`client`]   — the handle: one broker, one key, and the resource handles made from them
+//! - `api`        — (internal) requests carrying the key, answers decoded into values or errors
 //! - [`error`]    — [`Error`] and the broker's [`ApiError`]
 //! - [`model`]    — the event, new events, history queries and pages
 //! - [`filter`]   — the type-glob language and local filter matching (shared with the broker)
 //! - [`events`]   — history, emit, local subscriptions and dispatch
 //! - [`stream`]   — live streams: reconnection, backoff, resume, de-duplication
+//! - `connection` — (internal) what one connection of a stream reports, and where it resumes
 //! - [`sse`]      — the Server-Sent Events wire format
 //! - [`ws`]       — the WebSocket protocol
 //! - [`keys`]     — `/v1/keys`
@@ -41,7 +43,9 @@
 
 #![warn(missing_docs)]
 
+mod api;
 pub mod client;
+mod connection;
 pub mod error;
 pub mod events;
 pub mod filter;

@@ -2,42 +2,11 @@
 //! [`Page`] it answers. Field names on the wire are the contract's camelCase.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// An event as the broker stored it (the same JSON in history, streams and webhooks).
-///
-/// ```
-/// let event: cpod_sdk::Event = serde_json::from_str(r#"{
-///     "id": "01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60", "type": "pod.failed",
-///     "resourceId": "pod-7f9c", "resourceType": "pod", "organizationId": "org-1",
-///     "workspaceId": null, "payload": {"exitCode": 137}, "timestamp": "2026-05-01T12:00:00.123Z"
-/// }"#)?;
-/// assert_eq!(event.event_type, "pod.failed");
-/// assert_eq!(event.payload["exitCode"], 137);
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    /// A UUID (v7: time-ordered), unique.
-    pub id: String,
-    /// Dot-namespaced, e.g. `pod.failed`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The affected resource, e.g. `pod-7f9c`.
-    pub resource_id: String,
-    /// The resource kind, e.g. `pod`.
-    pub resource_type: String,
-    /// The organization that owns the event.
-    pub organization_id: String,
-    /// The workspace inside the organization, if any.
-    pub workspace_id: Option<String>,
-    /// Event-specific data; always an object.
-    #[serde(default)]
-    pub payload: Map<String, Value>,
-    /// ISO 8601 UTC with milliseconds, e.g. `2026-05-01T12:00:00.123Z`.
-    pub timestamp: String,
-}
+/// An event as the broker stored it: the same JSON in history, streams and webhooks (the wire
+/// crate's, which the broker serializes).
+pub use cpod_proto::Event;
 
 /// An event to emit: type, resource, optional payload and workspace.
 ///

@@ -19,15 +19,18 @@
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::client::CpodClient;
+use crate::api::Api;
+use crate::connection::{Connection, Incoming, Resume, accepted_since};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::Event;
+
+pub use crate::connection::RESUME_MARGIN;
 
 /// The first reconnect delay until the broker sends its `retry:`.
 const DEFAULT_RETRY: Duration = Duration::from_secs(2);
@@ -40,13 +43,6 @@ const DEDUPE_WINDOW: usize = 4096;
 /// assert_eq!(cpod_sdk::stream::STABLE_AFTER.as_secs(), 30);
 /// ```
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// How far before its acceptance a stream that has yielded nothing yet resumes (`since`), for
-/// the resolution of `Date` (whole seconds) and clocks that disagree a little.
-///
-/// ```
-/// assert_eq!(cpod_sdk::stream::RESUME_MARGIN.as_secs(), 3);
-/// ```
-pub const RESUME_MARGIN: Duration = Duration::from_secs(3);
 
 /// What a live stream yields.
 ///
@@ -169,43 +165,6 @@ pub(crate) enum Transport {
     WebSocket,
 }
 
-/// What one connection reports.
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    Event(Box<Event>),
-    Reset {
-        reason: String,
-    },
-    /// The broker's `retry:` hint.
-    Retry(Duration),
-    /// Anything else that shows the connection is alive (keep-alive, ping, acknowledgements).
-    Alive,
-}
-
-/// One open connection's reports.
-pub(crate) type Connection = Pin<Box<dyn Stream<Item = Result<Incoming>> + Send>>;
-
-/// The `since` that covers everything stored after a connection was accepted: the broker's
-/// `Date` header of its answer (the clock that stamps events), or else the local clock, less
-/// [`RESUME_MARGIN`], as RFC 3339.
-pub(crate) fn accepted_since(date: Option<&str>) -> String {
-    let accepted = date
-        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
-        .unwrap_or_else(SystemTime::now);
-    let since = accepted
-        .checked_sub(RESUME_MARGIN)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-        .max(SystemTime::UNIX_EPOCH);
-    humantime::format_rfc3339_millis(since).to_string()
-}
-
-/// Where a (re)connection resumes.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Resume {
-    pub last_event_id: Option<String>,
-    pub since: Option<String>,
-}
-
 /// A live stream of [`StreamItem`]s; see [`Events::stream`](crate::Events::stream). It ends only
 /// with an error no retry can cure (yielded last), and stops its connection when dropped.
 ///
@@ -224,7 +183,7 @@ pub(crate) struct Resume {
 /// ```
 pub struct EventStream {
     /// What the task needs, until the first poll starts it.
-    setup: Option<Box<(CpodClient, Transport, Filter, StreamOptions)>>,
+    setup: Option<Box<(Api, Transport, Filter, StreamOptions)>>,
     items: Option<mpsc::Receiver<Result<StreamItem>>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -239,13 +198,13 @@ impl std::fmt::Debug for EventStream {
 
 impl EventStream {
     pub(crate) fn spawn(
-        client: CpodClient,
+        api: Api,
         transport: Transport,
         filter: Filter,
         options: StreamOptions,
     ) -> Self {
         Self {
-            setup: Some(Box::new((client, transport, filter, options))),
+            setup: Some(Box::new((api, transport, filter, options))),
             items: None,
             task: None,
         }
@@ -265,12 +224,10 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(setup) = self.setup.take() {
-            let (client, transport, filter, options) = *setup;
+            let (api, transport, filter, options) = *setup;
             let (items_tx, items) = mpsc::channel(64);
             self.items = Some(items);
-            self.task = Some(tokio::spawn(run(
-                client, transport, filter, options, items_tx,
-            )));
+            self.task = Some(tokio::spawn(run(api, transport, filter, options, items_tx)));
         }
         match &mut self.items {
             Some(items) => items.poll_recv(cx),
@@ -315,7 +272,7 @@ pub(crate) fn backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
 }
 
 async fn run(
-    client: CpodClient,
+    api: Api,
     transport: Transport,
     filter: Filter,
     options: StreamOptions,
@@ -332,7 +289,7 @@ async fn run(
         // A broker that accepts the connection but never answers counts as a failed attempt.
         let attempt_connect = tokio::time::timeout(
             options.idle_timeout,
-            connect(&client, transport, &filter, &resume),
+            connect(&api, transport, &filter, &resume),
         );
         let connected = tokio::select! {
             _ = items.closed() => return,
@@ -431,25 +388,21 @@ async fn run(
 }
 
 async fn connect(
-    client: &CpodClient,
+    api: &Api,
     transport: Transport,
     filter: &Filter,
     resume: &Resume,
 ) -> Result<(Connection, String)> {
     match transport {
-        Transport::Sse => connect_sse(client, filter, resume).await,
-        Transport::WebSocket => crate::ws::connect(client, filter, resume).await,
+        Transport::Sse => connect_sse(api, filter, resume).await,
+        Transport::WebSocket => crate::ws::connect(api, filter, resume).await,
     }
 }
 
 /// Opens an SSE stream; answers it and the `since` of its acceptance ([`accepted_since`]).
-async fn connect_sse(
-    client: &CpodClient,
-    filter: &Filter,
-    resume: &Resume,
-) -> Result<(Connection, String)> {
+async fn connect_sse(api: &Api, filter: &Filter, resume: &Resume) -> Result<(Connection, String)> {
     let mut pairs = filter.to_pairs();
-    let mut request = client
+    let mut request = api
         .stream_request("/v1/events/stream")
         .header(reqwest::header::ACCEPT, "text/event-stream");
     match (&resume.last_event_id, &resume.since) {
@@ -457,7 +410,7 @@ async fn connect_sse(
         (None, Some(since)) => pairs.push(("since", since.clone())),
         (None, None) => {}
     }
-    let response = crate::client::check(request.query(&pairs).send().await?).await?;
+    let response = crate::api::check(request.query(&pairs).send().await?).await?;
     let is_sse = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -554,23 +507,6 @@ mod tests {
         assert!(draws.len() > 1, "the delay is jittered");
         let capped: HashSet<Duration> = (0..20).map(|_| backoff(base, 40, max)).collect();
         assert!(capped.len() > 1, "the delay is jittered at the cap too");
-    }
-
-    #[test]
-    fn the_resume_point_is_the_brokers_date_less_the_margin() {
-        assert_eq!(
-            accepted_since(Some("Sat, 28 Nov 2026 23:17:48 GMT")),
-            "2026-11-28T23:17:45.000Z"
-        );
-        // Without a (readable) Date: the local clock, less the margin.
-        let before = SystemTime::now() - RESUME_MARGIN - Duration::from_millis(1);
-        let local = accepted_since(Some("yesterday"));
-        let parsed = humantime::parse_rfc3339(&local).unwrap();
-        assert!(
-            parsed >= before
-                && parsed <= SystemTime::now() - RESUME_MARGIN + Duration::from_millis(1)
-        );
-        assert!(humantime::parse_rfc3339(&accepted_since(None)).is_ok());
     }
 
     #[test]

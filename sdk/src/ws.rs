@@ -2,32 +2,33 @@
 //! the key travels in the upgrade's `Authorization` header, a `subscribe` frame carries the
 //! filter and the resume point, and `event`, `reset` and `error` frames come back.
 
+use cpod_proto::ErrorCode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::client::CpodClient;
+use crate::api::Api;
+use crate::connection::{Connection, Incoming, Resume, accepted_since};
 use crate::error::{ApiError, Error, Result};
 use crate::filter::Filter;
 use crate::model::Event;
-use crate::stream::{Connection, Incoming, Resume};
 
 /// The subscription's id on its socket.
 const SUBSCRIPTION: &str = "s1";
 
 /// Opens a socket, subscribes, and answers the socket's reports.
 pub(crate) async fn connect(
-    client: &CpodClient,
+    api: &Api,
     filter: &Filter,
     resume: &Resume,
 ) -> Result<(Connection, String)> {
-    let mut url = client.url("/v1/events/ws");
+    let mut url = api.url("/v1/events/ws");
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme)
         .map_err(|()| Error::Config("the base URL cannot become a WebSocket URL".into()))?;
     let mut request = url.as_str().into_client_request()?;
-    let authorization = format!("Bearer {}", client.inner.api_key)
+    let authorization = format!("Bearer {}", api.api_key())
         .parse()
         .map_err(|_| Error::Config("the API key cannot travel in a header".into()))?;
     request.headers_mut().insert("Authorization", authorization);
@@ -42,12 +43,11 @@ pub(crate) async fn connect(
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default()
                 .into_owned();
-            return Err(Error::Api(crate::client::decode_error(status, &body, None)));
+            return Err(Error::Api(crate::api::decode_error(status, &body, None)));
         }
         Err(e) => return Err(e.into()),
     };
-    let accepted =
-        crate::stream::accepted_since(response.headers().get("date").and_then(|v| v.to_str().ok()));
+    let accepted = accepted_since(response.headers().get("date").and_then(|v| v.to_str().ok()));
     let mut subscribe =
         json!({"op": "subscribe", "id": SUBSCRIPTION, "filter": filter.to_ws_json()});
     match (&resume.last_event_id, &resume.since) {
@@ -87,7 +87,8 @@ fn frame_to_incoming(text: &str) -> Result<Incoming> {
         Some("error") => {
             let code = frame["code"].as_str().unwrap_or("internal").to_owned();
             Err(Error::Api(ApiError {
-                status: status_of(&code),
+                // A frame carries no status: the contract's table pairs one with each code.
+                status: ErrorCode::parse(&code).map_or(500, ErrorCode::status),
                 message: frame["message"].as_str().unwrap_or(&code).to_owned(),
                 param: frame["param"].as_str().map(str::to_owned),
                 code,
@@ -96,21 +97,6 @@ fn frame_to_incoming(text: &str) -> Result<Incoming> {
         }
         // `subscribed`, `pong`, and ops this SDK does not know yet.
         _ => Ok(Incoming::Alive),
-    }
-}
-
-/// The HTTP status the contract pairs with an error code (§7).
-fn status_of(code: &str) -> u16 {
-    match code {
-        "invalid_request" => 400,
-        "unauthorized" => 401,
-        "forbidden" => 403,
-        "not_found" => 404,
-        "conflict" => 409,
-        "payload_too_large" => 413,
-        "unsupported_media_type" => 415,
-        "rate_limited" => 429,
-        _ => 500,
     }
 }
 

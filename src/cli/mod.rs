@@ -241,19 +241,9 @@ pub async fn run(command: ClientCommand) -> ExitCode {
 
 /// `error` and, after it, each cause in its chain that its own message does not already show
 /// ("cannot reach the broker: error sending request …: client error (Connect): tcp connect
-/// error: Connection refused (os error 111)").
+/// error: Connection refused (os error 111)"), as the SDK describes its own errors.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let message = error.to_string();
-        if !message.is_empty() && !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = error.source();
-    }
-    text
+    cpod_sdk::error::with_causes(error)
 }
 
 fn client(connection: &Connection) -> Result<CpodClient, CliError> {

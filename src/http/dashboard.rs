@@ -66,7 +66,7 @@ where
     web::resource(path)
         .route(web::get().to(handler.clone()))
         .route(web::head().to(handler))
-        .default_service(web::to(crate::error::method_not_allowed))
+        .default_service(crate::error::method_not_allowed("GET, HEAD"))
 }
 
 /// The dashboard.

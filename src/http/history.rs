@@ -26,24 +26,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/events")
             .route(web::get().to(list_events))
             .route(crate::http::ingest::post_route())
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET, POST")),
     )
     .service(
         web::resource("/v1/events/{id}")
             .route(web::get().to(get_event))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     );
 }
 
 /// Page through stored events.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
-    params(crate::openapi::HistoryParams),
+    params(crate::http::wire::HistoryParams),
     responses(
-        (status = 200, description = "One page", body = crate::openapi::EventPage),
-        (status = 400, description = "A parameter is invalid; `param` names it", body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 429, body = crate::openapi::ErrorBody),
+        (status = 200, description = "One page", body = crate::http::wire::EventPage),
+        (status = 400, description = "A parameter is invalid; `param` names it", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -150,8 +150,8 @@ pub fn parse_history_query(
     params(("id" = String, Path, description = "The event's id")),
     responses(
         (status = 200, body = crate::event::Event),
-        (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -7,14 +7,14 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::event::{EventDraft, NewEvent};
+use crate::error::{ApiError, ErrorBody};
+use crate::event::{EventDraft, NewEvent, NewEventBody};
 use crate::http::state::AppState;
-use crate::http::{parse_json, parse_json_object, read_body, require_json_content_type};
+use crate::http::wire::{BatchBody, EventList, parse_body};
+use crate::http::{read_body, require_json_content_type};
 use crate::store::{AppendOutcome, AppendRequest, IdempotencyClaim, IngestEndpoint};
 
 pub const MAX_BATCH: usize = 1000;
@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events/batch")
             .route(web::post().to(post_batch))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("POST")),
     );
 }
 
@@ -36,16 +36,16 @@ pub fn post_route() -> actix_web::Route {
 /// Store one event.
 #[utoipa::path(
     post, path = "/v1/events", tag = "events",
-    request_body(content = crate::openapi::NewEventBody, content_type = "application/json"),
+    request_body(content = NewEventBody, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
     responses(
         (status = 201, description = "Stored (durable)", body = crate::event::Event),
-        (status = 400, description = "Invalid event", body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 409, description = "Idempotency-Key reused with another body", body = crate::openapi::ErrorBody),
-        (status = 413, body = crate::openapi::ErrorBody), (status = 415, body = crate::openapi::ErrorBody),
-        (status = 429, body = crate::openapi::ErrorBody),
-        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Invalid event", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -58,7 +58,7 @@ pub async fn post_event(
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
     let idempotency = idempotency_claim(&req, &principal, &body)?;
-    let draft = EventDraft::from_json(parse_json(&body)?)?;
+    let draft = EventDraft::from_body(parse_body::<NewEventBody>(&body)?)?;
     let event = admit(&principal, draft, state.limits.max_event_bytes)
         .map_err(|e| e.into_api_error(None))?;
     let outcome = state
@@ -75,15 +75,15 @@ pub async fn post_event(
 /// Store up to 1,000 events atomically.
 #[utoipa::path(
     post, path = "/v1/events/batch", tag = "events",
-    request_body(content = crate::openapi::BatchBody, content_type = "application/json"),
+    request_body(content = BatchBody, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours")),
     responses(
-        (status = 201, description = "All stored, in order", body = crate::openapi::EventList),
-        (status = 400, description = "An event is invalid; `param` names its index", body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 409, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody),
-        (status = 415, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody),
-        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = crate::openapi::ErrorBody),
+        (status = 201, description = "All stored, in order", body = EventList),
+        (status = 400, description = "An event is invalid; `param` names its index", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -96,13 +96,12 @@ pub async fn post_batch(
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
     let idempotency = idempotency_claim(&req, &principal, &body)?;
-    let items = batch_items(&body)?;
     // Validity of every event first (400), then permissions and sizes (403, 413).
-    let drafts = items
+    let drafts = batch_events(&body)?
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            EventDraft::from_json(item).map_err(|e| ApiError::invalid_at("events", i, e))
+            EventDraft::from_body(item).map_err(|e| ApiError::invalid_at("events", i, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut events = Vec::with_capacity(drafts.len());
@@ -124,24 +123,19 @@ pub async fn post_batch(
     Ok(created(outcome))
 }
 
-/// The `events` of a batch body: 1 to 1,000 JSON values, not yet parsed as events.
-pub fn batch_items(body: &[u8]) -> Result<Vec<Value>, ApiError> {
-    let mut object = parse_json_object(body, &["events"], "a batch")?;
-    match object.remove("events") {
-        Some(Value::Array(items)) if (1..=MAX_BATCH).contains(&items.len()) => Ok(items),
-        Some(Value::Array(items)) => Err(ApiError::invalid(
-            "events",
-            format!("a batch holds 1 to {MAX_BATCH} events, not {}", items.len()),
-        )),
-        None | Some(Value::Null) => Err(ApiError::invalid("events", "events is required")),
-        Some(other) => Err(ApiError::invalid(
+/// The events of a batch body, 1 to 1,000 of them, deserialized but not yet checked as events.
+pub fn batch_events(body: &[u8]) -> Result<Vec<NewEventBody>, ApiError> {
+    let batch: BatchBody = parse_body(body)?;
+    if !(1..=MAX_BATCH).contains(&batch.events.len()) {
+        return Err(ApiError::invalid(
             "events",
             format!(
-                "events must be an array, not {}",
-                crate::event::json_kind(&other)
+                "a batch holds 1 to {MAX_BATCH} events, not {}",
+                batch.events.len()
             ),
-        )),
+        ));
     }
+    Ok(batch.events)
 }
 
 /// Why an event that parsed may still not be stored.

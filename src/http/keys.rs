@@ -5,15 +5,14 @@
 //! never disagree. Another organization's key is 404, exactly as if it did not exist.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::Serialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::event::{EventType, OrganizationId, format_timestamp, unix_now_ms};
 use crate::http::state::AppState;
-use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
+use crate::http::wire::{CreatedKey, KeyList, KeyView, NewKeyBody, parse_body};
+use crate::http::{QueryParams, parse_id, read_body, require_json_content_type};
 use crate::keys::{KeyRecord, NewKey, Role, credential_event, generate_key};
 
 pub const MAX_NAME_LEN: usize = 200;
@@ -25,67 +24,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/keys")
             .route(web::post().to(create_key))
             .route(web::get().to(list_keys))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET, POST")),
     )
     // Before `/v1/keys/{id}`, which would otherwise take `me` for an id.
     .service(
         web::resource("/v1/keys/me")
             .route(web::get().to(current_key))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     )
     .service(
         web::resource("/v1/keys/{id}")
             .route(web::delete().to(revoke_key))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("DELETE")),
     );
-}
-
-/// A key as listed: never its secret.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyView {
-    pub id: Uuid,
-    pub organization_id: Option<String>,
-    pub role: Role,
-    pub name: String,
-    pub created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<String>,
-}
-
-impl From<&KeyRecord> for KeyView {
-    fn from(record: &KeyRecord) -> Self {
-        Self {
-            id: record.id,
-            organization_id: record
-                .organization_id
-                .as_ref()
-                .map(|o| o.as_str().to_owned()),
-            role: record.role,
-            name: record.name.clone(),
-            created_at: format_timestamp(record.created_ms),
-            revoked_at: record.revoked_ms.map(format_timestamp),
-        }
-    }
-}
-
-/// A new key: the view plus the secret, shown this once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedKey {
-    #[serde(flatten)]
-    pub view: KeyView,
-    pub key: String,
 }
 
 /// Create a key; the secret is in the answer and nowhere else.
 #[utoipa::path(
     post, path = "/v1/keys", tag = "keys",
-    request_body(content = crate::openapi::NewKeyBody, content_type = "application/json"),
+    request_body(content = NewKeyBody, content_type = "application/json"),
     responses(
         (status = 201, body = CreatedKey),
-        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 403, description = "Not admin, or a service key asking for a service key", body = crate::openapi::ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not admin, or a service key asking for a service key", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -98,51 +59,34 @@ pub async fn create_key(
     principal.require(&[Role::Admin, Role::Service])?;
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, MAX_KEY_BODY).await?;
-    let mut fields = parse_json_object(&body, &["organizationId", "role", "name"], "a key")?;
-    let role = match fields.remove("role") {
-        Some(Value::String(r)) => match r.parse::<Role>() {
-            Ok(Role::Admin) => {
-                return Err(ApiError::invalid(
-                    "role",
-                    "admin keys are not made through the API; set CPOD_ADMIN_KEY",
-                ));
-            }
-            Ok(role) => role,
-            Err(()) => {
-                return Err(ApiError::invalid(
-                    "role",
-                    "role must be service, app or reader",
-                ));
-            }
-        },
-        _ => {
+    let request: NewKeyBody = parse_body(&body)?;
+    let role = match request.role.parse::<Role>() {
+        Ok(Role::Admin) => {
             return Err(ApiError::invalid(
                 "role",
-                "role is required: service, app or reader",
+                "admin keys are not made through the API; set CPOD_ADMIN_KEY",
             ));
         }
-    };
-    let name = match fields.remove("name") {
-        Some(Value::String(n)) if !n.trim().is_empty() && n.chars().count() <= MAX_NAME_LEN => n,
-        _ => {
+        Ok(role) => role,
+        Err(()) => {
             return Err(ApiError::invalid(
-                "name",
-                format!(
-                    "name is required: a non-empty string of at most {MAX_NAME_LEN} characters"
-                ),
+                "role",
+                "role must be service, app or reader",
             ));
         }
     };
-    let requested_org = match fields.remove("organizationId") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(o)) => Some(OrganizationId::parse(&o)?),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "organizationId",
-                "organizationId must be a string",
-            ));
-        }
-    };
+    let name = request.name;
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
+        return Err(ApiError::invalid(
+            "name",
+            format!("name must be a non-empty string of at most {MAX_NAME_LEN} characters"),
+        ));
+    }
+    let requested_org = request
+        .organization_id
+        .as_deref()
+        .map(OrganizationId::parse)
+        .transpose()?;
     let organization_id = principal.organization(requested_org.as_ref(), "organizationId")?;
     if !principal.role.may_manage(role) {
         return Err(ApiError::Forbidden(format!(
@@ -184,8 +128,8 @@ pub async fn create_key(
     get, path = "/v1/keys", tag = "keys",
     params(("organizationId" = Option<String>, Query, description = "Admin only: one organization's keys")),
     responses(
-        (status = 200, body = crate::openapi::KeyList),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 200, body = KeyList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -207,7 +151,7 @@ pub async fn list_keys(
     };
     let keys = state.store.active_keys(organization).await?;
     let data: Vec<KeyView> = keys.iter().map(KeyView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+    Ok(HttpResponse::Ok().json(KeyList { data }))
 }
 
 /// The calling key itself (any role): its organization, role and name, never its secret. This is
@@ -216,7 +160,7 @@ pub async fn list_keys(
     get, path = "/v1/keys/me", tag = "keys",
     responses(
         (status = 200, body = KeyView),
-        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 401, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -239,8 +183,8 @@ pub async fn current_key(
     params(("id" = String, Path, description = "The key's id")),
     responses(
         (status = 200, description = "Revoked", body = KeyView),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 404, body = crate::openapi::ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

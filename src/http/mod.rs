@@ -1,6 +1,8 @@
 //! The HTTP edge: one module per area, each with its `configure`, and the strict readers of
 //! bodies, headers and query strings they share (so every malformed input is a contract error).
 
+pub mod bodies;
+pub mod connection;
 pub mod dashboard;
 pub mod drain;
 pub mod history;
@@ -11,14 +13,16 @@ pub mod sse;
 pub mod state;
 pub mod streams;
 pub mod webhooks;
+pub mod wire;
 pub mod ws;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, web};
+use actix_web::{HttpMessage, HttpRequest, web};
 use futures_util::StreamExt;
-use serde_json::Value;
 
 use crate::error::{ApiError, payload_error};
+use crate::http::bodies::BodyOwner;
+use crate::http::state::AppState;
 
 /// Registers every route, and JSON answers for unknown paths.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -52,7 +56,9 @@ pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads the whole body, refusing (413) anything over `limit` bytes before reading it when
-/// `Content-Length` tells, and as soon as it grows past it otherwise.
+/// `Content-Length` tells, and as soon as it grows past it otherwise. The bytes are committed
+/// against the broker's body budget first ([`bodies`]: 429/503 when it is spent), and the body
+/// must arrive within the body deadline (408 `request_timeout` otherwise).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -68,46 +74,40 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(payload_error)?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState is not registered")))?;
+    let owner = req
+        .extensions()
+        .get::<BodyOwner>()
+        .copied()
+        .unwrap_or(BodyOwner(uuid::Uuid::nil()));
+    let capacity = declared.unwrap_or(1024).min(limit);
+    let mut reservation = state.bodies.reserve(owner, capacity)?;
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(capacity);
+        let mut reserved = capacity;
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(payload_error)?;
+            let length = body.len() + chunk.len();
+            if length > limit {
+                return Err(too_large());
+            }
+            if length > reserved {
+                reservation.grow(length - reserved)?;
+                reserved = length;
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
-/// Parses a JSON body, naming the position of a syntax error.
-pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::invalid_body(
-            "the request body is empty; send a JSON object",
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_body(format!("invalid JSON: {e}")))
-}
-
-/// Parses a body that must be a JSON object holding only the `allowed` fields (`what` names it
-/// in the error: "a key", "a webhook"…).
-pub fn parse_json_object(
-    body: &[u8],
-    allowed: &[&str],
-    what: &str,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let Value::Object(object) = parse_json(body)? else {
-        return Err(ApiError::invalid_body(format!(
-            "{what} must be a JSON object"
-        )));
+        Ok(body.freeze())
     };
-    if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid_body(format!(
-            "unknown field `{unknown}`; {what} has {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(object)
+    let timeout = state.limits.body_timeout;
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        ))
+    })?
 }
 
 /// The query string as name/value pairs, taken out one parameter at a time so that an unknown

@@ -9,10 +9,15 @@ use crate::http::state::AppState;
 use crate::store::StoreError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi_json));
+    let get_only = |path: &str, route: actix_web::Route| {
+        web::resource(path)
+            .route(route)
+            .default_service(crate::error::method_not_allowed("GET"))
+    };
+    cfg.service(get_only("/healthz", web::get().to(healthz)))
+        .service(get_only("/readyz", web::get().to(readyz)))
+        .service(get_only("/metrics", web::get().to(metrics)))
+        .service(get_only("/openapi.json", web::get().to(openapi_json)));
 }
 
 /// The process is up.
@@ -24,7 +29,7 @@ pub async fn healthz() -> HttpResponse {
 /// The store answers queries and takes writes.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready"),
-    (status = 503, description = "Shutting down, the store does not answer, or its disk is full", body = crate::openapi::ErrorBody)
+    (status = 503, description = "Shutting down, the store does not answer, or its disk is full", body = crate::error::ErrorBody)
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.store.ping().await {

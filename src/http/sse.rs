@@ -5,7 +5,9 @@
 //! `event:` field, and a `: keep-alive` comment after each idle heartbeat interval. Frames come
 //! pre-encoded from the hub (one encoding per event, shared by every subscriber); several
 //! pending events go out in one write. The stream ends on shutdown, when its key is revoked, or
-//! when the ticket that opened it expires.
+//! when the ticket that opened it expires — also when its client does not read: a response whose
+//! socket does not drain is no longer polled, so a watcher closes its connection if the stream
+//! has not ended [`UNREAD_STREAM_GRACE`] after it should have.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -16,23 +18,27 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::http::QueryParams;
+use crate::http::connection::ConnectionCloser;
 use crate::http::state::AppState;
 use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
 use crate::hub::Subscription;
 use crate::store::StoredEvent;
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// How long a stream that should end gets to end by itself (its client reading the last bytes)
+/// before its connection is closed under it.
+pub const UNREAD_STREAM_GRACE: Duration = Duration::from_secs(1);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events/stream")
             .route(web::get().to(stream_events))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     );
 }
 
@@ -87,13 +93,13 @@ fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
 #[utoipa::path(
     get, path = "/v1/events/stream", tag = "streams",
     params(
-        crate::openapi::StreamParams,
+        crate::http::wire::StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (wins over lastEventId and since)"),
     ),
     responses(
         (status = 200, description = "text/event-stream: `retry:`, then `id:`/`data:` messages, `: keep-alive` comments, `event: reset`", content_type = "text/event-stream"),
-        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
-        (status = 403, body = crate::openapi::ErrorBody),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []))
 )]
@@ -120,18 +126,24 @@ pub async fn stream_events(
         pending.push_back(reset_frame(unknown));
     }
     let heartbeat = state.heartbeat;
+    let ended = state.hub.key_token(opened.principal.key_id);
+    let finished = CancellationToken::new();
+    if let Some(closer) = req.conn_data::<ConnectionCloser>() {
+        actix_web::rt::spawn(close_if_unread(
+            closer.clone(),
+            ended.clone(),
+            opened.deadline,
+            finished.clone(),
+        ));
+    }
     let stream = SseStream {
         subscription: opened.subscription,
         pending,
-        ended: Box::pin(
-            state
-                .hub
-                .key_token(opened.principal.key_id)
-                .cancelled_owned(),
-        ),
+        ended: Box::pin(ended.cancelled_owned()),
         deadline: opened
             .deadline
             .map(|d| Box::pin(tokio::time::sleep_until(d))),
+        _finished: finished.drop_guard(),
         heartbeat,
         heartbeat_timer: Box::pin(tokio::time::sleep(heartbeat)),
         last_sent: Instant::now(),
@@ -156,6 +168,35 @@ pub async fn stream_events(
         .streaming(body))
 }
 
+/// Closes the stream's connection when the stream should have ended (`ended`: revocation or
+/// shutdown; `deadline`: the ticket's expiry) but has not within [`UNREAD_STREAM_GRACE`] —
+/// its client is not reading, so the response is not polled and cannot notice by itself.
+async fn close_if_unread(
+    closer: ConnectionCloser,
+    ended: CancellationToken,
+    deadline: Option<Instant>,
+    finished: CancellationToken,
+) {
+    let expiry = async {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = finished.cancelled() => return,
+        _ = ended.cancelled() => {}
+        _ = expiry => {}
+    }
+    tokio::select! {
+        _ = finished.cancelled() => {}
+        _ = tokio::time::sleep(UNREAD_STREAM_GRACE) => {
+            tracing::debug!("an SSE stream's client is not reading: its connection is closed");
+            closer.close();
+        }
+    }
+}
+
 /// One open SSE response. The futures it waits on besides the subscription are created once
 /// and kept (pinned) for its whole life: per delivery, only the subscription is polled anew.
 struct SseStream {
@@ -165,6 +206,8 @@ struct SseStream {
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
     /// When the ticket that opened the stream expires.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Tells the watcher ([`close_if_unread`]) that the stream is gone.
+    _finished: DropGuard,
     heartbeat: Duration,
     /// Fires at most once per heartbeat; a keep-alive goes out only if nothing else did since.
     heartbeat_timer: Pin<Box<Sleep>>,

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload, web};
 use futures_util::future::LocalBoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
+use crate::http::bodies::{BodyBudget, BodyOwner};
 use crate::hub::Hub;
 use crate::shutdown::Drain;
 use crate::store::Store;
@@ -20,6 +21,10 @@ use crate::webhooks::worker::Deliverer;
 pub struct Limits {
     pub max_event_bytes: usize,
     pub max_body_bytes: usize,
+    /// Webhook endpoints one organization may have.
+    pub max_webhooks_per_organization: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -34,6 +39,8 @@ pub struct AppState {
     pub heartbeat: Duration,
     pub auth: Arc<Authenticator>,
     pub limits: Limits,
+    /// Memory committed to request bodies in flight.
+    pub bodies: BodyBudget,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
     /// Sends webhook requests (the worker and `POST /v1/webhooks/{id}/test`).
@@ -45,6 +52,7 @@ impl FromRequest for Principal {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let authorization = req
             .headers()
@@ -57,7 +65,10 @@ impl FromRequest for Principal {
             let authorization = authorization.transpose().map_err(|_| {
                 ApiError::Unauthorized("the Authorization header is not ASCII".into())
             })?;
-            state.auth.authenticate(authorization.as_deref()).await
+            let principal = state.auth.authenticate(authorization.as_deref()).await?;
+            // The body that follows is counted against this key.
+            req.extensions_mut().insert(BodyOwner(principal.key_id));
+            Ok(principal)
         })
     }
 }

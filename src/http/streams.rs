@@ -3,16 +3,16 @@
 //! subscriber gauge.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
 use crate::http::history::{parse_filter, parse_time};
 use crate::http::state::AppState;
-use crate::http::{QueryParams, parse_json_object, read_body};
+use crate::http::wire::{TicketBody, TicketRequest, parse_body};
+use crate::http::{QueryParams, read_body};
 use crate::hub::{Start, Subscription};
 use crate::tickets::{DEFAULT_TTL_SECS, MAX_TTL_SECS};
 
@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/stream-tickets")
             .route(web::post().to(create_ticket))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("POST")),
     );
 }
 
@@ -209,10 +209,10 @@ impl Drop for DeliveryCounter {
 /// Create a stream ticket for this key: read-only, for `?ticket=` on the stream endpoints.
 #[utoipa::path(
     post, path = "/v1/stream-tickets", tag = "streams",
-    request_body(content = crate::openapi::TicketRequest, content_type = "application/json", description = "Optional"),
+    request_body(content = Option<TicketRequest>, content_type = "application/json", description = "Optional"),
     responses(
-        (status = 201, body = crate::openapi::TicketBody),
-        (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody),
+        (status = 201, body = TicketBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -223,32 +223,26 @@ pub async fn create_ticket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, 16 * 1024).await?;
-    let ttl = if body.iter().all(u8::is_ascii_whitespace) {
-        DEFAULT_TTL_SECS
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        TicketRequest::default()
     } else {
         crate::http::require_json_content_type(&req)?;
-        let mut fields = parse_json_object(&body, &["ttlSeconds"], "a ticket request")?;
-        match fields.remove("ttlSeconds") {
-            None | Some(Value::Null) => DEFAULT_TTL_SECS,
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .filter(|t| (1..=MAX_TTL_SECS).contains(t))
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "ttlSeconds",
-                        format!("ttlSeconds must be an integer from 1 to {MAX_TTL_SECS}"),
-                    )
-                })?,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "ttlSeconds",
-                    "ttlSeconds must be an integer",
-                ));
-            }
+        parse_body::<TicketRequest>(&body)?
+    };
+    let ttl = match request.ttl_seconds {
+        None => DEFAULT_TTL_SECS,
+        Some(ttl) if (1..=MAX_TTL_SECS).contains(&ttl) => ttl,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "ttlSeconds",
+                format!("ttlSeconds must be an integer from 1 to {MAX_TTL_SECS}"),
+            ));
         }
     };
     let expires_ms = unix_now_ms() + (ttl as i64) * 1000;
     let ticket = state.auth.issue_ticket(&principal, expires_ms);
-    Ok(HttpResponse::Created()
-        .json(json!({"ticket": ticket, "expiresAt": format_timestamp(expires_ms)})))
+    Ok(HttpResponse::Created().json(TicketBody {
+        ticket,
+        expires_at: format_timestamp(expires_ms),
+    }))
 }

@@ -6,16 +6,19 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
-use crate::filter::{OrgScope, TypePattern};
+use crate::filter::{MAX_TYPE_PATTERNS, OrgScope, TypePattern, check_type_count};
 use crate::http::state::AppState;
-use crate::http::{QueryParams, parse_id, parse_json_object, read_body, require_json_content_type};
+use crate::http::wire::{
+    AttemptView, CreatedWebhook, DeliveryPage, DeliveryView, NewWebhookBody, RotatedSecret,
+    TestResult, WebhookList, WebhookPatchBody, WebhookView, parse_body,
+};
+use crate::http::{QueryParams, parse_id, read_body, require_json_content_type};
 use crate::keys::Role;
 use crate::store::webhooks::{DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord};
 use crate::webhooks::signing::generate_secret;
@@ -29,178 +32,80 @@ pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 const MANAGERS: [Role; 3] = [Role::Admin, Role::Service, Role::App];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(crate::error::method_not_allowed);
+    use crate::error::method_not_allowed as not_allowed;
     cfg.service(
         web::resource("/v1/webhooks")
             .route(web::post().to(create_webhook))
             .route(web::get().to(list_webhooks))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("GET, POST")),
     )
     .service(
         web::resource("/v1/webhooks/{id}")
             .route(web::get().to(get_webhook))
             .route(web::patch().to(update_webhook))
             .route(web::delete().to(delete_webhook))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("GET, PATCH, DELETE")),
     )
     .service(
         web::resource("/v1/webhooks/{id}/rotate-secret")
             .route(web::post().to(rotate_secret))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/v1/webhooks/{id}/test")
             .route(web::post().to(test_webhook))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/v1/webhooks/{id}/deliveries")
             .route(web::get().to(list_deliveries))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("GET")),
     )
     .service(
         web::resource("/v1/webhooks/{id}/deliveries/{delivery_id}/retry")
             .route(web::post().to(retry_delivery))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("POST")),
     );
 }
 
-/// An endpoint as shown: never its secret.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookView {
-    pub id: Uuid,
-    pub organization_id: String,
-    pub url: String,
-    pub types: Vec<String>,
-    pub resource_type: Option<String>,
-    pub description: Option<String>,
-    pub enabled: bool,
-    /// Why the broker disabled it (410 Gone, or days without success).
-    pub disabled_reason: Option<String>,
-    pub created_at: String,
-}
-
-impl From<&WebhookRecord> for WebhookView {
-    fn from(w: &WebhookRecord) -> Self {
-        Self {
-            id: w.id,
-            organization_id: w.organization_id.clone(),
-            url: w.url.clone(),
-            types: w.types.clone(),
-            resource_type: w.resource_type.clone(),
-            description: w.description.clone(),
-            enabled: w.enabled,
-            disabled_reason: w.disabled_reason.clone(),
-            created_at: format_timestamp(w.created_ms),
-        }
+/// A URL from a body, checked for form and length (reachability is checked separately).
+fn checked_url(url: String) -> Result<String, ApiError> {
+    if url.len() > MAX_URL {
+        return Err(ApiError::invalid(
+            "url",
+            format!("url is longer than {MAX_URL} characters"),
+        ));
     }
+    url_guard::parse(&url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    Ok(url)
 }
 
-/// A new endpoint: the view and its secret, shown this once.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CreatedWebhook {
-    #[serde(flatten)]
-    pub view: WebhookView,
-    /// `whsec_…`: verify signatures with it.
-    pub secret: String,
+/// Type patterns from a body: 1 to 100 valid ones.
+fn checked_types(types: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if types.is_empty() || check_type_count(types.len()).is_err() {
+        return Err(ApiError::invalid(
+            "types",
+            format!("types must be a list of 1 to {MAX_TYPE_PATTERNS} type patterns"),
+        ));
+    }
+    for pattern in &types {
+        TypePattern::parse(pattern)?;
+    }
+    Ok(types)
 }
 
-/// The fields of a create or update body, each checked.
-struct WebhookFields {
-    organization_id: Option<OrganizationId>,
-    url: Option<String>,
-    types: Option<Vec<String>>,
-    resource_type: Option<Option<String>>,
-    description: Option<Option<String>>,
-    enabled: Option<bool>,
+fn checked_resource_type(resource_type: String) -> Result<String, ApiError> {
+    Ok(ResourceType::parse(&resource_type)?.as_str().to_owned())
 }
 
-fn parse_fields(body: &[u8], allowed: &[&str]) -> Result<WebhookFields, ApiError> {
-    let mut object = parse_json_object(body, allowed, "a webhook")?;
-    let string =
-        |object: &mut Map<String, Value>, name: &str| -> Result<Option<Option<String>>, ApiError> {
-            match object.remove(name) {
-                None => Ok(None),
-                Some(Value::Null) => Ok(Some(None)),
-                Some(Value::String(s)) => Ok(Some(Some(s))),
-                Some(_) => Err(ApiError::invalid(name, format!("{name} must be a string"))),
-            }
-        };
-    let organization_id = string(&mut object, "organizationId")?
-        .flatten()
-        .map(|o| OrganizationId::parse(&o))
-        .transpose()?;
-    let url = match string(&mut object, "url")? {
-        None => None,
-        Some(None) => return Err(ApiError::invalid("url", "url must be an http or https URL")),
-        Some(Some(url)) => {
-            if url.len() > MAX_URL {
-                return Err(ApiError::invalid(
-                    "url",
-                    format!("url is longer than {MAX_URL} characters"),
-                ));
-            }
-            url_guard::parse(&url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
-            Some(url)
-        }
-    };
-    let types = match object.remove("types") {
-        None => None,
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= 100 => Some(
-            items
-                .iter()
-                .map(|v| {
-                    let pattern = v
-                        .as_str()
-                        .ok_or_else(|| ApiError::invalid("types", "types must be strings"))?;
-                    TypePattern::parse(pattern).map_err(ApiError::from)?;
-                    Ok(pattern.to_owned())
-                })
-                .collect::<Result<Vec<_>, ApiError>>()?,
-        ),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "types",
-                "types must be a list of 1 to 100 type patterns",
-            ));
-        }
-    };
-    let resource_type = string(&mut object, "resourceType")?
-        .map(|r| {
-            r.map(|r| ResourceType::parse(&r).map(|t| t.as_str().to_owned()))
-                .transpose()
-        })
-        .transpose()?;
-    let description = string(&mut object, "description")?;
-    if description
-        .as_ref()
-        .and_then(|d| d.as_ref())
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION)
-    {
+fn checked_description(description: String) -> Result<String, ApiError> {
+    if description.chars().count() > MAX_DESCRIPTION {
         return Err(ApiError::invalid(
             "description",
             format!("description is longer than {MAX_DESCRIPTION} characters"),
         ));
     }
-    let enabled = match object.remove("enabled") {
-        None => None,
-        Some(Value::Bool(b)) => Some(b),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "enabled",
-                "enabled must be true or false",
-            ));
-        }
-    };
-    Ok(WebhookFields {
-        organization_id,
-        url,
-        types,
-        resource_type,
-        description,
-        enabled,
-    })
+    Ok(description)
 }
 
 /// Refuses (400) a URL whose host is not public, unless the broker allows private ones.
@@ -232,9 +137,10 @@ async fn visible_webhook(
 
 /// Create an endpoint; the answer carries its secret, shown this once.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
-    request_body(content = crate::openapi::NewWebhookBody, content_type = "application/json"),
-    responses((status = 201, body = CreatedWebhook), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)),
+    request_body(content = NewWebhookBody, content_type = "application/json"),
+    responses((status = 201, body = CreatedWebhook), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The organization has as many endpoints as it may", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_webhook(
     req: HttpRequest,
@@ -245,28 +151,28 @@ pub async fn create_webhook(
     principal.require(&MANAGERS)?;
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, MAX_BODY).await?;
-    let fields = parse_fields(
-        &body,
-        &[
-            "organizationId",
-            "url",
-            "types",
-            "resourceType",
-            "description",
-        ],
-    )?;
-    let organization = principal.organization(fields.organization_id.as_ref(), "organizationId")?;
-    let url = fields
-        .url
-        .ok_or_else(|| ApiError::invalid("url", "url is required"))?;
+    let request: NewWebhookBody = parse_body(&body)?;
+    let requested_org = request
+        .organization_id
+        .as_deref()
+        .map(OrganizationId::parse)
+        .transpose()?;
+    let url = checked_url(request.url)?;
+    let types = request.types.map(checked_types).transpose()?;
+    let resource_type = request
+        .resource_type
+        .map(checked_resource_type)
+        .transpose()?;
+    let description = request.description.map(checked_description).transpose()?;
+    let organization = principal.organization(requested_org.as_ref(), "organizationId")?;
     check_reachable(&state, &url).await?;
     let webhook = WebhookRecord {
         id: Uuid::now_v7(),
         organization_id: organization.as_str().to_owned(),
         url,
-        types: fields.types.unwrap_or_else(|| vec!["*".to_owned()]),
-        resource_type: fields.resource_type.flatten(),
-        description: fields.description.flatten(),
+        types: types.unwrap_or_else(|| vec!["*".to_owned()]),
+        resource_type,
+        description,
         enabled: true,
         secret: generate_secret(),
         previous_secret: None,
@@ -275,10 +181,21 @@ pub async fn create_webhook(
         last_success_ms: None,
         disabled_reason: None,
     };
-    state.store.create_webhook(webhook.clone()).await?;
+    let limit = state.limits.max_webhooks_per_organization;
+    state
+        .store
+        .create_webhook(webhook.clone(), limit)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::LimitReached(limit) => ApiError::Conflict(format!(
+                "this organization already has {limit} webhook endpoints, the most it may have \
+                 (CPOD_MAX_WEBHOOKS_PER_ORGANIZATION); delete one first"
+            )),
+            other => other.into(),
+        })?;
     tracing::info!(webhook = %webhook.id, organization = webhook.organization_id.as_str(), "webhook created");
     Ok(HttpResponse::Created().json(CreatedWebhook {
-        view: WebhookView::from(&webhook),
+        webhook: WebhookView::from(&webhook),
         secret: webhook.secret,
     }))
 }
@@ -286,7 +203,7 @@ pub async fn create_webhook(
 /// List endpoints (admin: `organizationId` names the organization, `*` all of them).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
     params(("organizationId" = Option<String>, Query, description = "Required for admin keys")),
-    responses((status = 200, body = crate::openapi::WebhookList), (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_webhooks(
     req: HttpRequest,
@@ -303,12 +220,12 @@ pub async fn list_webhooks(
     };
     let webhooks = state.store.webhooks(organization).await?;
     let data: Vec<WebhookView> = webhooks.iter().map(WebhookView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+    Ok(HttpResponse::Ok().json(WebhookList { data }))
 }
 
 /// One endpoint.
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = WebhookView), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = WebhookView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -320,8 +237,8 @@ pub async fn get_webhook(
 
 /// Change an endpoint's url, types, resourceType, description or enabled.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    request_body(content = crate::openapi::WebhookPatchBody, content_type = "application/json"),
-    responses((status = 200, body = WebhookView), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)),
+    request_body(content = WebhookPatchBody, content_type = "application/json"),
+    responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_webhook(
     req: HttpRequest,
@@ -333,27 +250,30 @@ pub async fn update_webhook(
     let webhook = visible_webhook(&state, &principal, &path).await?;
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, MAX_BODY).await?;
-    let fields = parse_fields(
-        &body,
-        &["url", "types", "resourceType", "description", "enabled"],
-    )?;
-    if let Some(url) = &fields.url {
+    let request: WebhookPatchBody = parse_body(&body)?;
+    let patch = WebhookPatch {
+        url: request.url.map(checked_url).transpose()?,
+        types: request.types.map(checked_types).transpose()?,
+        resource_type: request
+            .resource_type
+            .map(|r| r.map(checked_resource_type).transpose())
+            .transpose()?,
+        description: request
+            .description
+            .map(|d| d.map(checked_description).transpose())
+            .transpose()?,
+        enabled: request.enabled,
+    };
+    if let Some(url) = &patch.url {
         check_reachable(&state, url).await?;
     }
-    let patch = WebhookPatch {
-        url: fields.url,
-        types: fields.types,
-        resource_type: fields.resource_type,
-        description: fields.description,
-        enabled: fields.enabled,
-    };
     let updated = state.store.update_webhook(webhook.id, patch).await?;
     Ok(HttpResponse::Ok().json(WebhookView::from(&updated)))
 }
 
 /// Delete an endpoint and its queued deliveries.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, description = "`{id, deleted: true}`"), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, description = "`{id, deleted: true}`"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -367,7 +287,7 @@ pub async fn delete_webhook(
 
 /// A new secret; the previous one keeps signing beside it for 24 hours.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = crate::openapi::RotatedSecret), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = RotatedSecret), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate_secret(
     path: web::Path<String>,
     principal: Principal,
@@ -380,13 +300,15 @@ pub async fn rotate_secret(
         .store
         .rotate_webhook_secret(webhook.id, secret.clone(), expires)
         .await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({"secret": secret, "previousSecretExpiresAt": format_timestamp(expires)})))
+    Ok(HttpResponse::Ok().json(RotatedSecret {
+        secret,
+        previous_secret_expires_at: format_timestamp(expires),
+    }))
 }
 
 /// Send a signed, unstored `webhook.test` event now; answers 200 whatever the outcome.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = crate::openapi::TestResult), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn test_webhook(
     path: web::Path<String>,
     principal: Principal,
@@ -405,38 +327,47 @@ pub async fn test_webhook(
         .deliverer
         .send(&webhook, &id.to_string(), "webhook.test", body)
         .await;
-    Ok(HttpResponse::Ok().json(json!({
-        "success": result.succeeded(),
-        "responseStatus": result.status,
-        "error": result.error,
-        "durationMs": result.duration_ms,
-    })))
+    Ok(HttpResponse::Ok().json(TestResult {
+        success: result.succeeded(),
+        response_status: result.status,
+        error: result.error,
+        duration_ms: result.duration_ms,
+    }))
 }
 
-fn delivery_json(d: &DeliveryRecord) -> Value {
-    json!({
-        "id": d.id,
-        "eventId": d.event_id,
-        "eventType": d.event_type,
-        "status": d.status.as_str(),
-        "nextAttemptAt": d.next_attempt_ms.filter(|_| d.status == DeliveryStatus::Pending).map(format_timestamp),
-        "createdAt": format_timestamp(d.created_ms),
-        "attempts": d.attempt_log.iter().map(|a| json!({
-            "attempt": a.attempt,
-            "responseStatus": a.response_status,
-            "error": a.error,
-            "durationMs": a.duration_ms,
-            "attemptedAt": format_timestamp(a.attempted_ms),
-            "responseBody": a.response_body,
-        })).collect::<Vec<_>>(),
-    })
+impl From<&DeliveryRecord> for DeliveryView {
+    fn from(d: &DeliveryRecord) -> Self {
+        Self {
+            id: d.id.to_string(),
+            event_id: d.event_id.to_string(),
+            event_type: d.event_type.clone(),
+            status: d.status.as_str().to_owned(),
+            next_attempt_at: d
+                .next_attempt_ms
+                .filter(|_| d.status == DeliveryStatus::Pending)
+                .map(format_timestamp),
+            created_at: format_timestamp(d.created_ms),
+            attempts: d
+                .attempt_log
+                .iter()
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    response_status: a.response_status,
+                    error: a.error.clone(),
+                    duration_ms: a.duration_ms,
+                    attempted_at: format_timestamp(a.attempted_ms),
+                    response_body: a.response_body.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The deliveries log, newest first, with every attempt.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, succeeded or failed"),
         ("limit" = Option<u32>, Query, description = "1 to 100, default 20"), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = crate::openapi::DeliveryPage), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_deliveries(
     req: HttpRequest,
@@ -486,17 +417,17 @@ pub async fn list_deliveries(
                 .map(|d| URL_SAFE_NO_PAD.encode(d.id.as_bytes()))
         })
         .flatten();
-    Ok(HttpResponse::Ok().json(json!({
-        "data": deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
-        "hasMore": has_more,
-        "nextCursor": next_cursor,
-    })))
+    Ok(HttpResponse::Ok().json(DeliveryPage {
+        data: deliveries.iter().map(DeliveryView::from).collect(),
+        has_more,
+        next_cursor,
+    }))
 }
 
 /// One more attempt of a delivery, now.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{deliveryId}/retry", tag = "webhooks",
     params(("id" = String, Path), ("deliveryId" = String, Path)),
-    responses((status = 202, description = "Queued for one more attempt"), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 202, description = "Queued for one more attempt"), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn retry_delivery(
     path: web::Path<(String, String)>,
     principal: Principal,

@@ -8,13 +8,24 @@
 //! Authentication: an `Authorization` header or `?ticket=` at the upgrade (a bad one is a plain
 //! 401, before the upgrade), or a first `{"op":"auth"}` frame within 10 seconds (else close code
 //! 4401). Errors are answered with `{"op":"error"}` frames and leave the socket open.
+//!
+//! Size: a frame, and a message assembled from fragments (RFC 6455 §5.4), is at most
+//! [`MAX_MESSAGE_BYTES`]; beyond it the socket is closed with 1009. Frame heads are read as the
+//! bytes arrive ([`FrameLimit`]), so an oversized frame is refused at its head, never buffered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason, Message, Session};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use actix_web::error::PayloadError;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError, Session};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -42,14 +53,14 @@ const CLOSE_UNAUTHENTICATED: u16 = 4401;
 const CLOSE_CREDENTIAL_ENDED: u16 = 4403;
 /// Subscriptions one socket may hold.
 const MAX_SUBSCRIPTIONS: usize = 100;
-/// The largest frame a client may send; a bigger one ends the socket.
-pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// The largest frame, and the largest message assembled from fragments, a client may send.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/events/ws")
             .route(web::get().to(open_socket))
-            .default_service(web::to(crate::error::method_not_allowed)),
+            .default_service(crate::error::method_not_allowed("GET")),
     );
 }
 
@@ -59,7 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
     responses(
         (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
-        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []), ())
 )]
@@ -87,11 +98,105 @@ pub async fn open_socket(
     } else {
         None
     };
-    let (response, session, messages) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::invalid_body(format!("not a WebSocket upgrade: {e}")))?;
+    let (response, session, messages) = client_socket(&req, body).await?;
     let socket = Socket::new(state.into_inner(), session, credential);
     actix_web::rt::spawn(socket.run(messages));
     Ok(response)
+}
+
+/// Upgrades the request: the handshake answer, the session to write with, and the client's
+/// messages as the socket reads them ([`ClientMessages`]).
+pub async fn client_socket(
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<(HttpResponse, Session, ClientMessages), ApiError> {
+    let oversized = Arc::new(AtomicBool::new(false));
+    let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+        Box::pin(FrameLimit::new(body.into_inner(), oversized.clone()));
+    let mut limited = actix_web::dev::Payload::Stream { payload: limited };
+    let body = web::Payload::from_request(req, &mut limited)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the payload cannot be rewrapped: {e}")))?;
+    let (response, session, messages) = actix_ws::handle(req, body)
+        .map_err(|e| ApiError::invalid_body(format!("not a WebSocket upgrade: {e}")))?;
+    let messages = ClientMessages {
+        messages: messages.max_frame_size(MAX_MESSAGE_BYTES),
+        fragments: Fragments::default(),
+        oversized,
+    };
+    Ok((response, session, messages))
+}
+
+/// A client's messages: frames decoded by actix-ws (at most [`MAX_MESSAGE_BYTES`], heads read
+/// by [`FrameLimit`]), fragments assembled, each turned into what the socket does next.
+pub struct ClientMessages {
+    messages: actix_ws::MessageStream,
+    fragments: Fragments,
+    oversized: Arc<AtomicBool>,
+}
+
+/// What the socket does with the client's next message.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The socket ends, closing with this reason if there is one to give.
+    End(Option<CloseReason>),
+    /// A ping, answered with this pong.
+    Pong(Bytes),
+    /// A pong, or a fragment of a message still incomplete: proof the client is alive.
+    Alive,
+    /// A whole text message: a client operation ([`parse_client_frame`]).
+    Text(String),
+    /// A whole binary message, refused with an `error` frame.
+    Binary,
+}
+
+impl ClientMessages {
+    /// Waits for the client's next message. Cancel-safe: nothing is consumed until a message
+    /// is returned.
+    pub async fn next(&mut self) -> Incoming {
+        let message = self.messages.next().await;
+        self.decide(message)
+    }
+
+    fn decide(&mut self, message: Option<Result<Message, ProtocolError>>) -> Incoming {
+        let too_big = || {
+            Incoming::End(Some(CloseReason {
+                code: CloseCode::Size,
+                description: Some(format!("a message is at most {MAX_MESSAGE_BYTES} bytes")),
+            }))
+        };
+        let not_utf8 = || {
+            Incoming::End(Some(CloseReason {
+                code: CloseCode::Invalid,
+                description: Some("a text message must be UTF-8".into()),
+            }))
+        };
+        match message {
+            None => Incoming::End(None),
+            Some(Err(ProtocolError::Overflow)) => too_big(),
+            Some(Err(_)) if self.oversized.load(Ordering::Relaxed) => too_big(),
+            Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                not_utf8()
+            }
+            Some(Err(ProtocolError::Io(_))) => Incoming::End(None),
+            Some(Err(e)) => Incoming::End(Some(CloseReason {
+                code: CloseCode::Protocol,
+                description: Some(e.to_string()),
+            })),
+            Some(Ok(Message::Close(_))) => Incoming::End(None),
+            Some(Ok(Message::Ping(bytes))) => Incoming::Pong(bytes),
+            Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => Incoming::Alive,
+            Some(Ok(Message::Text(text))) => Incoming::Text(text.to_string()),
+            Some(Ok(Message::Continuation(item))) => match self.fragments.push(item) {
+                Ok(None) => Incoming::Alive,
+                Ok(Some(Assembled::Text(text))) => Incoming::Text(text),
+                Ok(Some(Assembled::Binary)) => Incoming::Binary,
+                Err(FragmentError::TooLarge) => too_big(),
+                Err(FragmentError::NotUtf8) => not_utf8(),
+            },
+            Some(Ok(Message::Binary(_))) => Incoming::Binary,
+        }
+    }
 }
 
 /// A frame a subscription task hands to the socket's writer.
@@ -143,8 +248,7 @@ impl Socket {
         }
     }
 
-    async fn run(mut self, messages: actix_ws::MessageStream) {
-        let mut messages = client_messages(messages);
+    async fn run(mut self, mut messages: ClientMessages) {
         let mut queued = self.queued.take().expect("run once");
         let heartbeat = self.state.heartbeat;
         let opened = Instant::now();
@@ -191,21 +295,14 @@ impl Socket {
                 }
                 message = messages.next() => {
                     last_seen = Instant::now();
-                    match incoming(message) {
-                        Incoming::End => break None,
+                    match message {
+                        Incoming::End(reason) => break reason,
                         Incoming::Pong(bytes) => {
                             if self.session.pong(&bytes).await.is_err() { break None; }
                         }
-                        Incoming::Ignore => {}
-                        Incoming::Text(text) => {
-                            let answers = self.handle_text(&text).await;
-                            for answer in answers {
-                                if self.session.text(answer).await.is_err() { break; }
-                            }
-                        }
-                        Incoming::Refuse(answer) => {
-                            let _ = self.session.text(answer).await;
-                        }
+                        Incoming::Alive => {}
+                        Incoming::Text(text) => self.answer(&text).await,
+                        Incoming::Binary => self.refuse_binary().await,
                     }
                 }
             }
@@ -214,10 +311,24 @@ impl Socket {
         let _ = self.session.close(close).await;
     }
 
+    /// Handles one client message and writes the answers.
+    async fn answer(&mut self, text: &str) {
+        for answer in self.handle_text(text).await {
+            if self.session.text(answer).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    async fn refuse_binary(&mut self) {
+        let refusal = error_frame(None, "invalid_request", "send JSON text frames, not binary");
+        let _ = self.session.text(refusal).await;
+    }
+
     /// Handles one client frame; answers the frames to send back, in order.
     async fn handle_text(&mut self, text: &str) -> Vec<String> {
-        let (request, id, op) = match parse_client_frame(text) {
-            Ok(frame) => (frame.request, frame.id, frame.op),
+        let ClientFrame { request, id, op } = match parse_client_frame(text) {
+            Ok(frame) => frame,
             Err(error) => return vec![error],
         };
         let op = op.as_str();
@@ -338,6 +449,147 @@ impl Socket {
     }
 }
 
+/// A message being assembled from its fragments.
+#[derive(Default)]
+struct Fragments {
+    text: bool,
+    buffer: BytesMut,
+}
+
+/// A message whose fragments are all in.
+enum Assembled {
+    Text(String),
+    Binary,
+}
+
+enum FragmentError {
+    TooLarge,
+    NotUtf8,
+}
+
+impl Fragments {
+    /// Takes one fragment; answers the whole message once its last fragment is in (binary
+    /// messages are refused, so their bytes are not kept). The codec has already refused
+    /// fragments out of sequence.
+    fn push(&mut self, item: Item) -> Result<Option<Assembled>, FragmentError> {
+        let (bytes, last) = match item {
+            Item::FirstText(bytes) => {
+                self.text = true;
+                self.buffer.clear();
+                (bytes, false)
+            }
+            Item::FirstBinary(bytes) => {
+                self.text = false;
+                self.buffer.clear();
+                (bytes, false)
+            }
+            Item::Continue(bytes) => (bytes, false),
+            Item::Last(bytes) => (bytes, true),
+        };
+        if self.text {
+            if self.buffer.len() + bytes.len() > MAX_MESSAGE_BYTES {
+                self.buffer = BytesMut::new();
+                return Err(FragmentError::TooLarge);
+            }
+            self.buffer.extend_from_slice(&bytes);
+        }
+        if !last {
+            return Ok(None);
+        }
+        if !self.text {
+            return Ok(Some(Assembled::Binary));
+        }
+        let text = std::mem::take(&mut self.buffer);
+        String::from_utf8(text.to_vec())
+            .map(|t| Some(Assembled::Text(t)))
+            .map_err(|_| FragmentError::NotUtf8)
+    }
+}
+
+/// The client's bytes on their way to the WebSocket codec, with each frame's head read as it
+/// passes: a frame longer than [`MAX_MESSAGE_BYTES`] ends the stream at its head (and sets
+/// `oversized`), where the codec would first buffer the whole frame, however long it claims to
+/// be.
+struct FrameLimit<S> {
+    inner: S,
+    oversized: Arc<AtomicBool>,
+    /// The head of the frame being read, while incomplete.
+    head: Vec<u8>,
+    /// Payload bytes of the current frame still to pass.
+    remaining: u64,
+}
+
+impl<S> FrameLimit<S> {
+    fn new(inner: S, oversized: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            oversized,
+            head: Vec::with_capacity(14),
+            remaining: 0,
+        }
+    }
+
+    /// The length of a complete frame head and its payload length, once `head` holds one.
+    fn parse_head(head: &[u8]) -> Option<(usize, u64)> {
+        let [_, second, ..] = *head else { return None };
+        let masked = if second & 0x80 != 0 { 4 } else { 0 };
+        let (extended, length) = match second & 0x7f {
+            126 => (
+                2,
+                u64::from(u16::from_be_bytes(head.get(2..4)?.try_into().ok()?)),
+            ),
+            127 => (8, u64::from_be_bytes(head.get(2..10)?.try_into().ok()?)),
+            short => (0, u64::from(short)),
+        };
+        let size = 2 + extended + masked;
+        (head.len() >= size).then_some((size, length))
+    }
+
+    /// Follows frame boundaries through `chunk`; `false` when a frame is too long.
+    fn follow(&mut self, mut chunk: &[u8]) -> bool {
+        while !chunk.is_empty() {
+            if self.remaining > 0 {
+                let skip =
+                    usize::try_from(self.remaining).map_or(chunk.len(), |r| r.min(chunk.len()));
+                chunk = &chunk[skip..];
+                self.remaining -= skip as u64;
+                continue;
+            }
+            self.head.push(chunk[0]);
+            chunk = &chunk[1..];
+            if let Some((_, length)) = Self::parse_head(&self.head) {
+                if length > MAX_MESSAGE_BYTES as u64 {
+                    return false;
+                }
+                self.head.clear();
+                self.remaining = length;
+            }
+        }
+        true
+    }
+}
+
+impl<S> Stream for FrameLimit<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.oversized.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled
+            && !self.follow(chunk)
+        {
+            self.oversized.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(PayloadError::Overflow)));
+        }
+        polled
+    }
+}
+
 /// Feeds one subscription's events to the socket until it is cancelled or the socket is gone.
 async fn run_subscription(
     (id, generation): (Arc<str>, u64),
@@ -392,40 +644,6 @@ pub fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
     }
     // An internal error's message says nothing of internals (see `ApiError`'s Display).
     error_frame(id, error.code(), &error.to_string())
-}
-
-/// A client's frames as the socket reads them (actix-ws decodes them): at most
-/// [`MAX_CLIENT_FRAME`] bytes each.
-pub fn client_messages(messages: actix_ws::MessageStream) -> actix_ws::MessageStream {
-    messages.max_frame_size(MAX_CLIENT_FRAME)
-}
-
-/// What the socket does with the next item of its client's message stream.
-#[derive(Debug)]
-pub enum Incoming {
-    /// The client closed, the connection ended or a frame broke the protocol: the socket ends.
-    End,
-    /// A ping, answered with this pong.
-    Pong(bytes::Bytes),
-    /// A pong or nothing: only proof the client is alive.
-    Ignore,
-    /// A text frame: a client operation ([`parse_client_frame`]).
-    Text(String),
-    /// Anything else, answered with this error frame.
-    Refuse(String),
-}
-
-/// Decides what the socket does with one item of its message stream.
-pub fn incoming(message: Option<Result<Message, actix_ws::ProtocolError>>) -> Incoming {
-    match message {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Incoming::End,
-        Some(Ok(Message::Ping(bytes))) => Incoming::Pong(bytes),
-        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => Incoming::Ignore,
-        Some(Ok(Message::Text(text))) => Incoming::Text(text.to_string()),
-        Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => Incoming::Refuse(
-            error_frame(None, "invalid_request", "send JSON text frames, not binary"),
-        ),
-    }
 }
 
 /// A client's text frame, parsed: a JSON object with its `id` (any JSON, echoed in errors) and
@@ -560,6 +778,49 @@ fn parse_filter_object(principal: &Principal, filter: Option<&Value>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A masked client frame head for a payload of `length` bytes (the payload itself follows).
+    fn head(length: u64) -> Vec<u8> {
+        let mut head = vec![0x81];
+        match length {
+            0..=125 => head.push(0x80 | length as u8),
+            126..=65535 => {
+                head.push(0x80 | 126);
+                head.extend_from_slice(&(length as u16).to_be_bytes());
+            }
+            _ => {
+                head.push(0x80 | 127);
+                head.extend_from_slice(&length.to_be_bytes());
+            }
+        }
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        head
+    }
+
+    #[test]
+    fn the_frame_limit_follows_frames_split_anywhere_and_stops_an_oversized_head() {
+        let mut allowed = Vec::new();
+        for length in [0, 5, 125, 126, 300, MAX_MESSAGE_BYTES as u64] {
+            allowed.extend(head(length));
+            allowed.extend(std::iter::repeat_n(b'x', length as usize));
+        }
+        for split in [1, 2, 3, 7, 1000, allowed.len()] {
+            let mut limit = FrameLimit::new((), Arc::new(AtomicBool::new(false)));
+            assert!(allowed.chunks(split).all(|c| limit.follow(c)), "{split}");
+            assert_eq!((limit.remaining, limit.head.len()), (0, 0));
+        }
+        for length in [MAX_MESSAGE_BYTES as u64 + 1, 10 << 20, u64::MAX] {
+            let mut bytes = allowed.clone();
+            bytes.extend(head(length));
+            for split in [1, 9, bytes.len()] {
+                let mut limit = FrameLimit::new((), Arc::new(AtomicBool::new(false)));
+                assert!(
+                    !bytes.chunks(split).all(|c| limit.follow(c)),
+                    "{length}/{split}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn an_event_frame_splices_the_stored_json() {

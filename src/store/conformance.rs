@@ -90,6 +90,8 @@ suite!(sqlite, super::sqlite;
     retention_hides_expired_events_at_once_and_pruning_removes_them,
     the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes,
     a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_a_resync,
+    concurrent_webhook_creations_never_pass_the_organization_limit,
+    history_answers_filters_with_far_more_type_patterns_than_the_domain_allows,
 );
 
 /// Opens a fresh store of one backend with this retention.
@@ -327,7 +329,7 @@ async fn a_delivery_lease_excludes_other_claims_until_it_runs_out_and_is_then_ta
     open: Opener,
 ) {
     let h = open(i64::MAX / 2).await;
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     append(&h.store, 1).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let claimed = h
@@ -400,7 +402,7 @@ async fn a_released_lease_is_claimable_at_once_and_attempts_are_numbered_without
     open: Opener,
 ) {
     let h = open(i64::MAX / 2).await;
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     append(&h.store, 1).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let claimed = h
@@ -531,7 +533,7 @@ async fn the_feed_delivers_every_commit_in_order_from_any_start_with_its_changes
     let key_id = key.record.id;
     h.store.create_key(key, None).await.unwrap();
     h.store.revoke_key(key_id, Some(event(9))).await.unwrap();
-    h.store.create_webhook(webhook(h.now())).await.unwrap();
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
     for (reader, first) in [(&mut from_start, 1), (&mut from_two, 3)] {
         let mut positions = Vec::new();
         let mut changes = Vec::new();
@@ -582,4 +584,63 @@ async fn a_feed_reader_that_falls_behind_catches_up_from_the_store_and_asks_for_
     append(&h.store, 1).await;
     let commit = reader.next().await.unwrap();
     assert_eq!(commit.events[0].position, commits as i64 + 1);
+}
+
+async fn concurrent_webhook_creations_never_pass_the_organization_limit(open: Opener) {
+    let h = open(60_000).await;
+    let attempts = (0..30).map(|_| h.store.create_webhook(webhook(h.now()), 7));
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 7);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(StoreError::LimitReached(7))))
+    );
+    assert_eq!(h.store.webhooks(Some(org())).await.unwrap().len(), 7);
+    // Another organization is counted apart.
+    let mut elsewhere = webhook(h.now());
+    elsewhere.organization_id = "org-other".into();
+    h.store.create_webhook(elsewhere, 7).await.unwrap();
+}
+
+/// The domain bounds a filter to [`crate::filter::MAX_TYPE_PATTERNS`]; a backend's query must
+/// not have a limit of its own anywhere near it (SQLite's expression depth once made 999
+/// patterns an error).
+async fn history_answers_filters_with_far_more_type_patterns_than_the_domain_allows(open: Opener) {
+    let h = open(60_000).await;
+    let stored = append(&h.store, 3).await;
+    let count = 20 * crate::filter::MAX_TYPE_PATTERNS;
+    let mut filter = Filter::for_scope(OrgScope::One(org()));
+    filter.types = (0..count)
+        .map(|i| {
+            let raw = match i % 3 {
+                0 => format!("custom.x{i}.*"),
+                1 => format!("custom.y{i}"),
+                _ => format!("*.z{i}"),
+            };
+            crate::filter::TypePattern::parse(&raw).unwrap()
+        })
+        .collect();
+    filter
+        .types
+        .push(crate::filter::TypePattern::parse("custom.n").unwrap());
+    filter
+        .types
+        .push(crate::filter::TypePattern::parse("custom.*n").unwrap());
+    let page = h
+        .store
+        .history(HistoryQuery {
+            filter,
+            since_ms: None,
+            until_ms: None,
+            after_position: None,
+            order: Order::Asc,
+            limit: 100,
+        })
+        .await
+        .expect("a long filter is answered");
+    let positions: Vec<i64> = page.events.iter().map(|e| e.position).collect();
+    let expected: Vec<i64> = stored.iter().map(|e| e.position).collect();
+    assert_eq!(positions, expected);
 }

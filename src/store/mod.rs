@@ -267,9 +267,16 @@ impl Store {
 
     // --- webhooks -----------------------------------------------------------------------
 
-    /// Adds an endpoint; new events are matched against it from the next commit on.
-    pub async fn create_webhook(&self, webhook: WebhookRecord) -> Result<(), StoreError> {
-        on_backend!(self, b => b.create_webhook(webhook).await)
+    /// Adds an endpoint, unless its organization already has `max_per_organization` of them
+    /// ([`StoreError::LimitReached`]; checked in the same transaction as the insert, so that
+    /// concurrent creations cannot pass the limit); new events are matched against it from the
+    /// next commit on.
+    pub async fn create_webhook(
+        &self,
+        webhook: WebhookRecord,
+        max_per_organization: usize,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, b => b.create_webhook(webhook, max_per_organization).await)
     }
 
     pub async fn webhook(&self, id: Uuid) -> Result<Option<WebhookRecord>, StoreError> {
@@ -386,6 +393,9 @@ pub enum StoreError {
     IdempotencyConflict,
     #[error("not found")]
     NotFound,
+    /// A per-organization limit (of this many) is already reached.
+    #[error("the limit of {0} is reached")]
+    LimitReached(usize),
     #[error("the store is shut down")]
     Closed,
     /// The disk holding the store is full (or below its reserve): writes are refused until
@@ -516,6 +526,9 @@ impl From<StoreError> for ApiError {
                 "this Idempotency-Key was already used with a different request body".into(),
             ),
             StoreError::NotFound => ApiError::not_found("resource"),
+            StoreError::LimitReached(limit) => {
+                ApiError::Conflict(format!("the limit of {limit} is already reached"))
+            }
             StoreError::Closed => ApiError::Unavailable,
             StoreError::StorageFull => ApiError::StorageFull,
             StoreError::Internal(e) => ApiError::Internal(e),

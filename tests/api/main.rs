@@ -8,6 +8,7 @@ mod disk_full;
 mod durability;
 mod helpers;
 mod history;
+mod hostile;
 mod ingest;
 mod keys;
 mod ops;

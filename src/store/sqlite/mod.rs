@@ -602,8 +602,17 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn create_webhook(&self, webhook: WebhookRecord) -> Result<(), StoreError> {
+    pub(super) async fn create_webhook(
+        &self,
+        webhook: WebhookRecord,
+        max_per_organization: usize,
+    ) -> Result<(), StoreError> {
         self.write(move |context| {
+            // The writer is the only one: counting and inserting in one job is atomic.
+            let existing = webhooks::count_webhooks(context.conn, &webhook.organization_id)?;
+            if existing >= max_per_organization {
+                return Err(StoreError::LimitReached(max_per_organization));
+            }
             webhooks::insert_webhook(context.conn, &webhook)?;
             context.webhooks_changed();
             Ok(())
@@ -927,21 +936,19 @@ fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
         .iter()
         .any(|p| p.as_str().bytes().all(|b| b == b'*'));
     if !filter.types.is_empty() && !match_all {
-        let conditions: Vec<&str> = filter
-            .types
-            .iter()
-            .map(|p| {
-                args.push(p.as_str().to_owned().into());
-                if p.as_str().contains('*') {
-                    "type GLOB ?"
-                } else {
-                    "type = ?"
-                }
-            })
-            .collect();
-        sql.push_str(" AND (");
-        sql.push_str(&conditions.join(" OR "));
-        sql.push(')');
+        // Exact types in one `IN` list, globs as a balanced tree of `OR`s: SQLite refuses an
+        // expression deeper than 1000, and a flat chain of n `OR`s is n deep.
+        let (globs, exact): (Vec<_>, Vec<_>) =
+            filter.types.iter().partition(|p| p.as_str().contains('*'));
+        let mut terms = Vec::with_capacity(globs.len() + 1);
+        if !exact.is_empty() {
+            terms.push(format!("type IN ({})", vec!["?"; exact.len()].join(", ")));
+            args.extend(exact.iter().map(|p| p.as_str().to_owned().into()));
+        }
+        terms.extend(globs.iter().map(|_| "type GLOB ?".to_owned()));
+        args.extend(globs.iter().map(|p| p.as_str().to_owned().into()));
+        sql.push_str(" AND ");
+        push_balanced_or(&terms, sql);
     }
     for (column, value) in [
         ("resource_type", &filter.resource_type),
@@ -953,6 +960,22 @@ fn push_filter(filter: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) {
             sql.push_str(column);
             sql.push_str(" = ?");
             args.push(value.clone().into());
+        }
+    }
+}
+
+/// `terms` joined by `OR`, parenthesised as a balanced tree (depth log2 of their number).
+fn push_balanced_or(terms: &[String], sql: &mut String) {
+    match terms {
+        [] => sql.push('0'),
+        [one] => sql.push_str(one),
+        _ => {
+            let (left, right) = terms.split_at(terms.len() / 2);
+            sql.push('(');
+            push_balanced_or(left, sql);
+            sql.push_str(" OR ");
+            push_balanced_or(right, sql);
+            sql.push(')');
         }
     }
 }

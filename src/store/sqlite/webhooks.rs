@@ -151,6 +151,13 @@ pub fn insert_webhook(conn: &Connection, webhook: &WebhookRecord) -> Result<(), 
     Ok(())
 }
 
+pub fn count_webhooks(conn: &Connection, organization_id: &str) -> Result<usize, StoreError> {
+    let count: i64 = conn
+        .prepare_cached("SELECT count(*) FROM webhooks WHERE organization_id = ?1")?
+        .query_row([organization_id], |r| r.get(0))?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
 pub fn get_webhook(conn: &Connection, id: Uuid) -> Result<Option<WebhookRecord>, StoreError> {
     Ok(conn
         .prepare_cached(&format!(

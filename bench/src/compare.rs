@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ use super::fanout::{
 };
 use super::peer::{Peer, nchan_installation};
 use super::solo::{self, SoloFigures};
+use super::table::number;
 
 #[derive(Args, Clone)]
 pub struct CompareArgs {
@@ -219,7 +220,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     nchan_installation()?;
     super::broker_binary()?;
-    cpod_events::startup::raise_open_file_limit();
+    // A thousand subscribers are a thousand sockets, on both servers and here.
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")?;
     std::fs::create_dir_all(&args.out)?;
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let cpod = Peer::start_cpod(&args.broker).await?;
@@ -632,27 +634,6 @@ fn summarise(scenario: &Scenario, cpod: Vec<Figures>, nchan: Vec<Figures>) -> Sc
     }
 }
 
-/// A figure for a table: thousands separated, two decimals below 100.
-pub fn number(value: f64) -> String {
-    if !value.is_finite() {
-        "—".to_owned()
-    } else if value.abs() >= 1000.0 {
-        let whole = format!("{:.0}", value);
-        let mut out = String::new();
-        for (i, c) in whole.chars().enumerate() {
-            if i > 0 && (whole.len() - i) % 3 == 0 && c.is_ascii_digit() {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
-    } else if value.abs() >= 100.0 || value.fract() == 0.0 {
-        format!("{value:.0}")
-    } else {
-        format!("{value:.2}")
-    }
-}
-
 fn print_table(result: &ScenarioResult, passes: usize) {
     println!("   medians of {passes} pass(es):");
     println!(
@@ -955,12 +936,5 @@ mod tests {
         let targets = check_targets(&[result], None);
         assert!(targets[0].met, "1.5× saturation");
         assert!(!targets.last().unwrap().met, "nchan missed one delivery");
-    }
-
-    #[test]
-    fn numbers_are_readable() {
-        assert_eq!(number(1234567.4), "1,234,567");
-        assert_eq!(number(12.345), "12.35");
-        assert_eq!(number(f64::NAN), "—");
     }
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use super::{BrokerArgs, SpawnedBroker, create_key, spawn_broker};
 
 /// The nchan configuration the comparison runs, as committed (its port is replaced by a free one).
-const NCHAN_CONF: &str = include_str!("../../../bench/peers/nchan.conf");
+const NCHAN_CONF: &str = include_str!("../peers/nchan.conf");
 const NCHAN_PORT_IN_CONF: &str = "127.0.0.1:8090";
 const NCHAN_INSTALL: &str = "apt-get install -y nginx-light libnginx-mod-nchan";
 

@@ -949,7 +949,22 @@ mod tests {
 
     #[test]
     fn the_quick_reader_agrees_with_a_json_parser() {
-        let cpod = br#"{"id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f62","type":"custom.bench","resourceId":"bench","resourceType":"bench","organizationId":"bench","workspaceId":null,"payload":{"seq":42,"sentUs":1764370000123456,"filler":"xxxx"},"timestamp":"2026-11-28T22:31:40.717Z"}"#;
+        // A delivery as the broker writes it: the wire form itself, so that a change of its
+        // field order (the quick reader expects `id` first) fails here.
+        let cpod = serde_json::to_vec(&cpod_proto::Event {
+            id: "01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f62".into(),
+            event_type: "custom.bench".into(),
+            resource_id: "bench".into(),
+            resource_type: "bench".into(),
+            organization_id: "bench".into(),
+            workspace_id: None,
+            payload: json!({"seq": 42, "sentUs": 1764370000123456u64, "filler": "xxxx"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            timestamp: "2026-11-28T22:31:40.717Z".into(),
+        })
+        .unwrap();
         let nchan = br#"{"type":"custom.bench","resourceId":"bench","resourceType":"bench","payload":{"seq":7,"sentUs":99,"filler":"xx"}}"#;
         for body in [&cpod[..], &nchan[..]] {
             let parsed: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -962,7 +977,7 @@ mod tests {
                 }
             );
         }
-        assert!(read_delivery(cpod).unwrap().id.is_some());
+        assert!(read_delivery(&cpod).unwrap().id.is_some());
     }
 
     #[test]

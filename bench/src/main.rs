@@ -30,6 +30,7 @@ mod compare;
 mod fanout;
 mod peer;
 mod solo;
+mod table;
 mod webhooks;
 
 #[derive(Parser)]
@@ -119,7 +120,7 @@ fn broker_binary() -> anyhow::Result<PathBuf> {
     let path = me.with_file_name("cpod-events");
     if !path.exists() {
         bail!(
-            "{} not found: build it first (cargo build --release)",
+            "{} not found: build it first (`cargo build --release` at the workspace root builds both binaries)",
             path.display()
         );
     }

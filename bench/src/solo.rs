@@ -20,12 +20,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::compare::number;
 use super::fanout::{
     self, FanoutFigures, FanoutSpec, Percentiles, Publisher, Publishing, Tally, Transport,
     open_subscribers_held, sse_lines,
 };
 use super::peer::Peer;
+use super::table::number;
 
 #[derive(Serialize)]
 pub struct SoloFigures {
