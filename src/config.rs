@@ -112,6 +112,13 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_SQLITE_SYNC", value_enum, default_value = "full")]
     pub sqlite_sync: SqliteSync,
 
+    /// Free space, in bytes, kept on the disk holding the SQLite database: below it the broker
+    /// refuses writes (507 `storage_full`, `/readyz` 503) so that checkpoints always have room,
+    /// and takes them again by itself once space is freed. 0 refuses writes only when the disk
+    /// is full.
+    #[arg(long, env = "CPOD_SQLITE_MIN_FREE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub sqlite_min_free_bytes: u64,
+
     /// Allow webhook URLs on private, loopback and other non-public addresses (local
     /// development and tests).
     #[arg(long, env = "CPOD_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
@@ -287,6 +294,7 @@ mod tests {
         assert_eq!(config.heartbeat, Duration::from_secs(15));
         assert_eq!(config.max_event_bytes, 65_536);
         assert_eq!(config.sqlite_sync, SqliteSync::Full);
+        assert_eq!(config.sqlite_min_free_bytes, 64 * 1024 * 1024);
         assert_eq!(config.webhook_retry_schedule.0.len(), 10);
         assert_eq!(config.webhook_retry_schedule.0[2], Duration::from_secs(300));
         assert!(!config.webhook_allow_private);
@@ -365,6 +373,10 @@ mod tests {
             (&["--database-url", "mysql://x"][..], "--database-url"),
             (&["--admin-key", "cpk_short"][..], "--admin-key"),
             (&["--max-event-bytes", "10"][..], "--max-event-bytes"),
+            (
+                &["--sqlite-min-free-bytes", "lots"][..],
+                "--sqlite-min-free-bytes",
+            ),
             (
                 &["--webhook-retry-schedule", "0s,soon"][..],
                 "--webhook-retry-schedule",

@@ -14,6 +14,12 @@ pub use cpod_proto::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::event::FieldError;
 
+/// `Retry-After` of a 503: a restarting broker (or another node) is back within seconds.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
+/// `Retry-After` of a 507: space is freed by an operator, not in a moment.
+const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -45,6 +51,11 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("the broker is shutting down")]
     Unavailable,
+    /// Not ready for the reason given (readiness): 503 `unavailable`.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("the broker's storage is full: writes are refused until space is freed (reads go on)")]
+    StorageFull,
     /// 503 `unavailable` for want of capacity (not shutting down): worth retrying at once.
     #[error("{0}")]
     Overloaded(String),
@@ -102,7 +113,10 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
-            ApiError::Unavailable | ApiError::Overloaded(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable | ApiError::NotReady(_) | ApiError::Overloaded(_) => {
+                ErrorCode::Unavailable
+            }
+            ApiError::StorageFull => ErrorCode::StorageFull,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -133,14 +147,23 @@ impl ResponseError for ApiError {
         };
         let body = ErrorBody::new(self.kind(), self.to_string(), param);
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        match self {
+            ApiError::RateLimited { retry_after_secs } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Unavailable | ApiError::NotReady(_) => {
+                response.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_SECS));
+            }
+            ApiError::StorageFull => {
+                response.insert_header((header::RETRY_AFTER, STORAGE_FULL_RETRY_AFTER_SECS));
+            }
+            ApiError::Overloaded(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
-        }
-        if let ApiError::Overloaded(_) = self {
-            response.insert_header((header::RETRY_AFTER, "1"));
         }
         if let ApiError::RequestTimeout(_) = self {
             // The rest of the body may still come: this connection cannot carry another request.

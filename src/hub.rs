@@ -348,6 +348,7 @@ mod tests {
                 path: dir.path().join("hub.db"),
                 sync: SyncMode::Off,
                 readers: 2,
+                min_free_bytes: 0,
             },
             retention_ms: i64::MAX / 2,
             clock: Clock::system(),

@@ -23,18 +23,27 @@ use crate::http::bodies::BodyBudget;
 use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
+use crate::shutdown::Drain;
 use crate::store::{Backend, Clock, Store, StoreConfig};
 use crate::webhooks::WebhookSettings;
 use crate::webhooks::worker::Deliverer;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const GRACEFUL_TIMEOUT_SECS: u64 = 5;
+/// How long requests in flight at a shutdown signal get to finish; new ones are answered 503
+/// meanwhile, and the listener stays open so that none is refused with its request half sent.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long responses still being written after the drain (bodies to slow clients, streams
+/// saying goodbye) get before their connections are closed.
+const RESPONSE_TIMEOUT_SECS: u64 = 2;
 /// Pooled PostgreSQL connections per node for reads and short writes.
 const POSTGRES_POOL_SIZE: usize = 16;
 
 pub struct Application {
     server: Server,
     handle: ServerHandle,
+    drain: Drain,
+    /// Cancelled when the drain is over: connections then take no more requests.
+    stopping: CancellationToken,
     address: SocketAddr,
     store: Store,
     shutdown: CancellationToken,
@@ -53,6 +62,7 @@ impl Application {
                     path: path.clone(),
                     sync: config.sqlite_sync.into(),
                     readers: 4,
+                    min_free_bytes: config.sqlite_min_free_bytes,
                 },
                 path.display().to_string(),
             ),
@@ -121,6 +131,7 @@ impl Application {
                 shutdown.clone(),
             )),
         ));
+        let drain = Drain::new(shutdown.clone());
         let body_memory = usize::try_from(config.body_memory).unwrap_or(usize::MAX);
         if body_memory < config.max_body_bytes as usize {
             anyhow::bail!(
@@ -143,6 +154,7 @@ impl Application {
             store: store.clone(),
             hub,
             shutdown: shutdown.clone(),
+            drain: drain.clone(),
             heartbeat: config.heartbeat,
             auth,
             limits: Limits {
@@ -166,16 +178,20 @@ impl Application {
             .workers
             .map(|n| n.get() as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        // Connections stop taking requests only once the drain is over (`stopping`): until
+        // then, a request read after the signal gets its 503 (refuse_while_draining).
+        let stopping = CancellationToken::new();
         let server = crate::http::connection::serve(
             listener,
             crate::http::connection::ServerSettings {
                 workers,
-                shutdown_timeout: Duration::from_secs(GRACEFUL_TIMEOUT_SECS),
-                shutdown: shutdown.clone(),
+                shutdown_timeout: Duration::from_secs(RESPONSE_TIMEOUT_SECS),
+                shutdown: stopping.clone(),
             },
             move || {
                 App::new()
                     .app_data(state.clone())
+                    .wrap(from_fn(crate::http::drain::refuse_while_draining))
                     .wrap(from_fn(crate::telemetry::record_request))
                     .configure(crate::http::configure)
                     .default_service(web::to(crate::error::unknown_route))
@@ -205,6 +221,8 @@ impl Application {
         ));
         Ok(Self {
             handle: server.handle(),
+            drain,
+            stopping,
             server,
             address,
             store,
@@ -239,13 +257,15 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled; then stops accepting, lets in-flight
-    /// requests finish, joins every task, and closes the store (everything acknowledged is
-    /// durable when this returns).
+    /// Serves until the shutdown token is cancelled; then answers new requests 503 while the
+    /// ones in flight finish, stops accepting, joins every task, and closes the store
+    /// (everything acknowledged is durable when this returns).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let Self {
             server,
             handle,
+            drain,
+            stopping,
             store,
             shutdown,
             tasks,
@@ -255,6 +275,13 @@ impl Application {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
+                if !drain.finished(DRAIN_TIMEOUT).await {
+                    tracing::warn!(
+                        requests = drain.in_flight(),
+                        "requests still in flight at the end of the drain"
+                    );
+                }
+                stopping.cancel();
                 handle.stop(true).await;
             })
         };

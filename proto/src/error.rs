@@ -41,12 +41,14 @@ pub enum ErrorCode {
     RequestHeadersTooLarge,
     /// 503: the broker is shutting down, or has no memory left for one more body in flight.
     Unavailable,
+    /// 507: the store's disk is full; writes are refused until space is freed (reads go on).
+    StorageFull,
     /// 500: the broker failed; its log has the cause.
     Internal,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 13] = [
+    const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::RequestHeadersTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::StorageFull,
         ErrorCode::Internal,
     ];
 
@@ -92,6 +95,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => ("rate_limited", 429),
             ErrorCode::RequestHeadersTooLarge => ("request_headers_too_large", 431),
             ErrorCode::Unavailable => ("unavailable", 503),
+            ErrorCode::StorageFull => ("storage_full", 507),
             ErrorCode::Internal => ("internal", 500),
         }
     }
@@ -126,7 +130,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// invalid_request, unauthorized, forbidden, not_found, method_not_allowed, conflict,
     /// payload_too_large, unsupported_media_type, request_timeout, rate_limited,
-    /// request_headers_too_large, unavailable, internal.
+    /// request_headers_too_large, unavailable, storage_full, internal.
     pub code: String,
     /// The explanation, meant for people.
     pub message: String,
@@ -191,6 +195,7 @@ mod tests {
         assert_eq!(ErrorCode::Unavailable.status(), 503);
         assert_eq!(ErrorCode::RequestTimeout.status(), 408);
         assert_eq!(ErrorCode::RequestHeadersTooLarge.status(), 431);
+        assert_eq!(ErrorCode::StorageFull.status(), 507);
     }
 
     #[test]

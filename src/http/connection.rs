@@ -39,7 +39,8 @@ pub struct ServerSettings {
     pub workers: usize,
     /// How long in-flight requests get after a graceful stop.
     pub shutdown_timeout: Duration,
-    /// Cancelled on shutdown: idle keep-alive connections close at once.
+    /// Cancelled when connections are to take no more requests (at shutdown, once the drain is
+    /// over): idle keep-alive connections close at once and buffered requests are not started.
     pub shutdown: CancellationToken,
 }
 

@@ -51,8 +51,46 @@ pub async fn list_events(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut params = QueryParams::parse(&req)?;
-    let filter = parse_filter(&principal, &mut params)?;
+    let query = parse_history_query(&principal, QueryParams::parse(&req)?)?;
+    let order = query.order;
+    let page = state.store.history(query).await?;
+    let next_cursor = match (page.has_more, page.last_position) {
+        (true, Some(position)) => Some(Cursor { position, order }.encode()),
+        _ => None,
+    };
+    let mut body =
+        BytesMut::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 64);
+    body.put_slice(b"{\"data\":[");
+    for (i, event) in page.events.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(&event.json);
+    }
+    body.put_slice(b"],\"hasMore\":");
+    body.put_slice(if page.has_more { b"true" } else { b"false" });
+    body.put_slice(b",\"nextCursor\":");
+    match next_cursor {
+        Some(cursor) => body.put_slice(
+            serde_json::to_string(&cursor)
+                .expect("a string serializes")
+                .as_bytes(),
+        ),
+        None => body.put_slice(b"null"),
+    }
+    body.put_u8(b'}');
+    Ok(HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(body.freeze()))
+}
+
+/// A history query string as a query: filters, time bounds, limit, order and cursor; every
+/// parameter must be known.
+pub fn parse_history_query(
+    principal: &Principal,
+    mut params: QueryParams,
+) -> Result<HistoryQuery, ApiError> {
+    let filter = parse_filter(principal, &mut params)?;
     let since_ms = params
         .take_one("since")?
         .map(|v| parse_time("since", &v))
@@ -95,46 +133,14 @@ pub async fn list_events(
         })
         .transpose()?;
     params.finish()?;
-
-    let page = state
-        .store
-        .history(HistoryQuery {
-            filter,
-            since_ms,
-            until_ms,
-            after_position,
-            order,
-            limit,
-        })
-        .await?;
-    let next_cursor = match (page.has_more, page.last_position) {
-        (true, Some(position)) => Some(Cursor { position, order }.encode()),
-        _ => None,
-    };
-    let mut body =
-        BytesMut::with_capacity(page.events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 64);
-    body.put_slice(b"{\"data\":[");
-    for (i, event) in page.events.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        body.put_slice(&event.json);
-    }
-    body.put_slice(b"],\"hasMore\":");
-    body.put_slice(if page.has_more { b"true" } else { b"false" });
-    body.put_slice(b",\"nextCursor\":");
-    match next_cursor {
-        Some(cursor) => body.put_slice(
-            serde_json::to_string(&cursor)
-                .expect("a string serializes")
-                .as_bytes(),
-        ),
-        None => body.put_slice(b"null"),
-    }
-    body.put_u8(b'}');
-    Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(body.freeze()))
+    Ok(HistoryQuery {
+        filter,
+        since_ms,
+        until_ms,
+        after_position,
+        order,
+        limit,
+    })
 }
 
 /// One event by id.
@@ -207,13 +213,13 @@ pub fn parse_time(param: &str, raw: &str) -> Result<i64, ApiError> {
 
 /// The opaque `nextCursor`: a position and the direction it was read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cursor {
-    position: i64,
-    order: Order,
+pub struct Cursor {
+    pub position: i64,
+    pub order: Order,
 }
 
 impl Cursor {
-    fn encode(self) -> String {
+    pub fn encode(self) -> String {
         let direction = match self.order {
             Order::Asc => 'a',
             Order::Desc => 'd',
@@ -221,7 +227,7 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(format!("v1.{direction}.{}", self.position))
     }
 
-    fn decode(raw: &str) -> Result<Self, ApiError> {
+    pub fn decode(raw: &str) -> Result<Self, ApiError> {
         let invalid = || ApiError::invalid("cursor", "cursor is not a nextCursor this broker gave");
         let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;

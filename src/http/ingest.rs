@@ -44,6 +44,7 @@ pub fn post_route() -> actix_web::Route {
         (status = 403, description = "The key's role may not emit this type, or it names another organization", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 413, description = "The body, or the event's JSON, is larger than the broker takes", body = ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -81,6 +82,7 @@ pub async fn post_event(
         (status = 403, description = "The key's role may not emit one of the types, or it names another organization", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 413, description = "The body, or an event's JSON, is larger than the broker takes", body = ErrorBody),
+        (status = 507, description = "The broker's disk is full: nothing stored; retry after `Retry-After`", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -93,19 +95,8 @@ pub async fn post_batch(
     require_json_content_type(&req)?;
     let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
     let idempotency = idempotency_claim(&req, &principal, &body)?;
-    let batch: BatchBody = parse_body(&body)?;
-    if !(1..=MAX_BATCH).contains(&batch.events.len()) {
-        return Err(ApiError::invalid(
-            "events",
-            format!(
-                "a batch holds 1 to {MAX_BATCH} events, not {}",
-                batch.events.len()
-            ),
-        ));
-    }
     // Validity of every event first (400), then permissions and sizes (403, 413).
-    let drafts = batch
-        .events
+    let drafts = batch_events(&body)?
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
@@ -129,6 +120,21 @@ pub async fn post_batch(
         })
         .await?;
     Ok(created(outcome))
+}
+
+/// The events of a batch body, 1 to 1,000 of them, deserialized but not yet checked as events.
+pub fn batch_events(body: &[u8]) -> Result<Vec<NewEventBody>, ApiError> {
+    let batch: BatchBody = parse_body(body)?;
+    if !(1..=MAX_BATCH).contains(&batch.events.len()) {
+        return Err(ApiError::invalid(
+            "events",
+            format!(
+                "a batch holds 1 to {MAX_BATCH} events, not {}",
+                batch.events.len()
+            ),
+        ));
+    }
+    Ok(batch.events)
 }
 
 /// Why an event that parsed may still not be stored.

@@ -4,6 +4,7 @@
 pub mod bodies;
 pub mod connection;
 pub mod dashboard;
+pub mod drain;
 pub mod history;
 pub mod ingest;
 pub mod keys;
@@ -117,7 +118,12 @@ pub struct QueryParams {
 
 impl QueryParams {
     pub fn parse(req: &HttpRequest) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+        Self::from_query(req.query_string())
+    }
+
+    /// Parses a query string (without its `?`).
+    pub fn from_query(query: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
             .map_err(|e| ApiError::invalid_body(format!("the query string is malformed: {e}")))?;
         Ok(Self { pairs })
     }

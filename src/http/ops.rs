@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::error::ApiError;
 use crate::http::state::AppState;
+use crate::store::StoreError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let get_only = |path: &str, route: actix_web::Route| {
@@ -25,17 +26,20 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// The store answers queries.
+/// The store answers queries and takes writes.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready", body = Health),
-    (status = 503, description = "The store does not answer", body = crate::error::ErrorBody)
+    (status = 503, description = "Shutting down, the store does not answer, or its disk is full", body = crate::error::ErrorBody)
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match state.store.ping().await {
         Ok(()) => Ok(HttpResponse::Ok().json(Health { status: "ready" })),
+        Err(StoreError::StorageFull) => Err(ApiError::NotReady(
+            "the storage is full; writes are refused until space is freed".into(),
+        )),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable)
+            Err(ApiError::NotReady("the store does not answer".into()))
         }
     }
 }

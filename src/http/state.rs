@@ -12,6 +12,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
 use crate::http::bodies::{BodyBudget, BodyOwner};
 use crate::hub::Hub;
+use crate::shutdown::Drain;
 use crate::store::Store;
 use crate::webhooks::worker::Deliverer;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Cancelled once on shutdown: every stream and worker listens to it.
     pub shutdown: CancellationToken,
+    /// Requests in flight; refuses new ones once shutdown has begun.
+    pub drain: Drain,
     /// Keep-alive interval of idle streams.
     pub heartbeat: Duration,
     pub auth: Arc<Authenticator>,

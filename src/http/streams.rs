@@ -134,9 +134,9 @@ pub async fn resolve_start(
             None,
         ),
         Resume::AfterEvent(raw) => {
-            let position = match uuid::Uuid::parse_str(raw.trim()) {
-                Ok(id) => state.store.position_of(id, scope.clone()).await?,
-                Err(_) => None,
+            let position = match last_event_id(&raw) {
+                Some(id) => state.store.position_of(id, scope.clone()).await?,
+                None => None,
             };
             match position {
                 Some(position) => (Start::After(position), None),
@@ -144,6 +144,11 @@ pub async fn resolve_start(
             }
         }
     })
+}
+
+/// The event a `Last-Event-ID` (or `lastEventId`) names, if it is an event id at all.
+pub fn last_event_id(raw: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(raw.trim()).ok()
 }
 
 /// Counts a live subscriber for as long as it exists.

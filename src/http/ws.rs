@@ -98,18 +98,105 @@ pub async fn open_socket(
     } else {
         None
     };
+    let (response, session, messages) = client_socket(&req, body).await?;
+    let socket = Socket::new(state.into_inner(), session, credential);
+    actix_web::rt::spawn(socket.run(messages));
+    Ok(response)
+}
+
+/// Upgrades the request: the handshake answer, the session to write with, and the client's
+/// messages as the socket reads them ([`ClientMessages`]).
+pub async fn client_socket(
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<(HttpResponse, Session, ClientMessages), ApiError> {
     let oversized = Arc::new(AtomicBool::new(false));
     let limited: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
         Box::pin(FrameLimit::new(body.into_inner(), oversized.clone()));
     let mut limited = actix_web::dev::Payload::Stream { payload: limited };
-    let body = web::Payload::from_request(&req, &mut limited)
+    let body = web::Payload::from_request(req, &mut limited)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the payload cannot be rewrapped: {e}")))?;
-    let (response, session, messages) = actix_ws::handle(&req, body)
+    let (response, session, messages) = actix_ws::handle(req, body)
         .map_err(|e| ApiError::invalid_body(format!("not a WebSocket upgrade: {e}")))?;
-    let socket = Socket::new(state.into_inner(), session, credential);
-    actix_web::rt::spawn(socket.run(messages, oversized));
-    Ok(response)
+    let messages = ClientMessages {
+        messages: messages.max_frame_size(MAX_MESSAGE_BYTES),
+        fragments: Fragments::default(),
+        oversized,
+    };
+    Ok((response, session, messages))
+}
+
+/// A client's messages: frames decoded by actix-ws (at most [`MAX_MESSAGE_BYTES`], heads read
+/// by [`FrameLimit`]), fragments assembled, each turned into what the socket does next.
+pub struct ClientMessages {
+    messages: actix_ws::MessageStream,
+    fragments: Fragments,
+    oversized: Arc<AtomicBool>,
+}
+
+/// What the socket does with the client's next message.
+#[derive(Debug)]
+pub enum Incoming {
+    /// The socket ends, closing with this reason if there is one to give.
+    End(Option<CloseReason>),
+    /// A ping, answered with this pong.
+    Pong(Bytes),
+    /// A pong, or a fragment of a message still incomplete: proof the client is alive.
+    Alive,
+    /// A whole text message: a client operation ([`parse_client_frame`]).
+    Text(String),
+    /// A whole binary message, refused with an `error` frame.
+    Binary,
+}
+
+impl ClientMessages {
+    /// Waits for the client's next message. Cancel-safe: nothing is consumed until a message
+    /// is returned.
+    pub async fn next(&mut self) -> Incoming {
+        let message = self.messages.next().await;
+        self.decide(message)
+    }
+
+    fn decide(&mut self, message: Option<Result<Message, ProtocolError>>) -> Incoming {
+        let too_big = || {
+            Incoming::End(Some(CloseReason {
+                code: CloseCode::Size,
+                description: Some(format!("a message is at most {MAX_MESSAGE_BYTES} bytes")),
+            }))
+        };
+        let not_utf8 = || {
+            Incoming::End(Some(CloseReason {
+                code: CloseCode::Invalid,
+                description: Some("a text message must be UTF-8".into()),
+            }))
+        };
+        match message {
+            None => Incoming::End(None),
+            Some(Err(ProtocolError::Overflow)) => too_big(),
+            Some(Err(_)) if self.oversized.load(Ordering::Relaxed) => too_big(),
+            Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                not_utf8()
+            }
+            Some(Err(ProtocolError::Io(_))) => Incoming::End(None),
+            Some(Err(e)) => Incoming::End(Some(CloseReason {
+                code: CloseCode::Protocol,
+                description: Some(e.to_string()),
+            })),
+            Some(Ok(Message::Close(_))) => Incoming::End(None),
+            Some(Ok(Message::Ping(bytes))) => Incoming::Pong(bytes),
+            Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => Incoming::Alive,
+            Some(Ok(Message::Text(text))) => Incoming::Text(text.to_string()),
+            Some(Ok(Message::Continuation(item))) => match self.fragments.push(item) {
+                Ok(None) => Incoming::Alive,
+                Ok(Some(Assembled::Text(text))) => Incoming::Text(text),
+                Ok(Some(Assembled::Binary)) => Incoming::Binary,
+                Err(FragmentError::TooLarge) => too_big(),
+                Err(FragmentError::NotUtf8) => not_utf8(),
+            },
+            Some(Ok(Message::Binary(_))) => Incoming::Binary,
+        }
+    }
 }
 
 /// A frame a subscription task hands to the socket's writer.
@@ -161,13 +248,7 @@ impl Socket {
         }
     }
 
-    async fn run(mut self, messages: actix_ws::MessageStream, oversized: Arc<AtomicBool>) {
-        let mut messages = messages.max_frame_size(MAX_MESSAGE_BYTES);
-        let mut fragments = Fragments::default();
-        let too_big = || CloseReason {
-            code: CloseCode::Size,
-            description: Some(format!("a message is at most {MAX_MESSAGE_BYTES} bytes")),
-        };
+    async fn run(mut self, mut messages: ClientMessages) {
         let mut queued = self.queued.take().expect("run once");
         let heartbeat = self.state.heartbeat;
         let opened = Instant::now();
@@ -214,32 +295,14 @@ impl Socket {
                 }
                 message = messages.next() => {
                     last_seen = Instant::now();
-                    let not_utf8 = || CloseReason { code: CloseCode::Invalid, description: Some("a text message must be UTF-8".into()) };
                     match message {
-                        None => break None,
-                        Some(Err(ProtocolError::Overflow)) => break Some(too_big()),
-                        Some(Err(_)) if oversized.load(Ordering::Relaxed) => break Some(too_big()),
-                        Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
-                            break Some(not_utf8());
-                        }
-                        Some(Err(ProtocolError::Io(_))) => break None,
-                        Some(Err(e)) => {
-                            break Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) });
-                        }
-                        Some(Ok(Message::Close(_))) => break None,
-                        Some(Ok(Message::Ping(bytes))) => {
+                        Incoming::End(reason) => break reason,
+                        Incoming::Pong(bytes) => {
                             if self.session.pong(&bytes).await.is_err() { break None; }
                         }
-                        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
-                        Some(Ok(Message::Text(text))) => self.answer(&text).await,
-                        Some(Ok(Message::Continuation(item))) => match fragments.push(item) {
-                            Ok(None) => {}
-                            Ok(Some(Assembled::Text(text))) => self.answer(&text).await,
-                            Ok(Some(Assembled::Binary)) => self.refuse_binary().await,
-                            Err(FragmentError::TooLarge) => break Some(too_big()),
-                            Err(FragmentError::NotUtf8) => break Some(not_utf8()),
-                        },
-                        Some(Ok(Message::Binary(_))) => self.refuse_binary().await,
+                        Incoming::Alive => {}
+                        Incoming::Text(text) => self.answer(&text).await,
+                        Incoming::Binary => self.refuse_binary().await,
                     }
                 }
             }
@@ -264,25 +327,11 @@ impl Socket {
 
     /// Handles one client frame; answers the frames to send back, in order.
     async fn handle_text(&mut self, text: &str) -> Vec<String> {
-        let request: Value = match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => Value::Object(map),
-            Ok(_) => {
-                return vec![error_frame(
-                    None,
-                    "invalid_request",
-                    "a frame must be a JSON object",
-                )];
-            }
-            Err(e) => {
-                return vec![error_frame(
-                    None,
-                    "invalid_request",
-                    &format!("invalid JSON: {e}"),
-                )];
-            }
+        let ClientFrame { request, id, op } = match parse_client_frame(text) {
+            Ok(frame) => frame,
+            Err(error) => return vec![error],
         };
-        let id = request.get("id").cloned();
-        let op = request.get("op").and_then(Value::as_str).unwrap_or("");
+        let op = op.as_str();
         if self.principal.is_none() && op != "auth" {
             return vec![error_frame(
                 id,
@@ -347,15 +396,7 @@ impl Socket {
 
     async fn subscribe(&mut self, request: &Value) -> Result<Vec<String>, ApiError> {
         let principal = self.principal.clone().expect("checked by the caller");
-        let id = match request.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    "id",
-                    "subscribe needs an id: a string of 1 to 128 characters",
-                ));
-            }
-        };
+        let id = parse_subscription_id(request)?;
         if self.subscriptions.contains_key(&id) {
             return Err(ApiError::invalid(
                 "id",
@@ -368,21 +409,7 @@ impl Socket {
                 format!("a socket holds at most {MAX_SUBSCRIPTIONS} subscriptions"),
             ));
         }
-        let filter = parse_filter_object(&principal, request.get("filter"))?;
-        let resume = match (request.get("lastEventId"), request.get("since")) {
-            (Some(Value::String(last)), _) => Resume::AfterEvent(last.clone()),
-            (Some(Value::Null) | None, Some(Value::String(since))) => {
-                Resume::Since(crate::http::history::parse_time("since", since)?)
-            }
-            (Some(Value::Null) | None, None | Some(Value::Null)) => Resume::Now,
-            (Some(_), _) => {
-                return Err(ApiError::invalid(
-                    "lastEventId",
-                    "lastEventId must be a string",
-                ));
-            }
-            (_, Some(_)) => return Err(ApiError::invalid("since", "since must be a string")),
-        };
+        let (filter, resume) = parse_subscription(&principal, request)?;
         let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
         let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
         let cancel = self.closing.child_token();
@@ -603,12 +630,12 @@ fn event_frame(subscription: &str, event: &StoredEvent) -> String {
     format!("{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}")
 }
 
-fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
+pub fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
     json!({"op": "error", "id": id.unwrap_or(Value::Null), "code": code, "message": message})
         .to_string()
 }
 
-fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
+pub fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
     if let ApiError::Internal(cause) = error {
         tracing::error!(
             error = format!("{cause:#}"),
@@ -617,6 +644,76 @@ fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
     }
     // An internal error's message says nothing of internals (see `ApiError`'s Display).
     error_frame(id, error.code(), &error.to_string())
+}
+
+/// A client's text frame, parsed: a JSON object with its `id` (any JSON, echoed in errors) and
+/// `op` (empty when missing or not a string).
+pub struct ClientFrame {
+    pub request: Value,
+    pub id: Option<Value>,
+    pub op: String,
+}
+
+/// Parses a client's text frame; an error is the `error` frame to answer.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
+    let request: Value = match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => {
+            return Err(error_frame(
+                None,
+                "invalid_request",
+                "a frame must be a JSON object",
+            ));
+        }
+        Err(e) => {
+            return Err(error_frame(
+                None,
+                "invalid_request",
+                &format!("invalid JSON: {e}"),
+            ));
+        }
+    };
+    let id = request.get("id").cloned();
+    let op = request
+        .get("op")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    Ok(ClientFrame { request, id, op })
+}
+
+/// A subscribe frame's `id`: a string of 1 to 128 characters.
+pub fn parse_subscription_id(request: &Value) -> Result<String, ApiError> {
+    match request.get("id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => Ok(id.clone()),
+        _ => Err(ApiError::invalid(
+            "id",
+            "subscribe needs an id: a string of 1 to 128 characters",
+        )),
+    }
+}
+
+/// A subscribe frame's filter and start (`lastEventId` wins over `since`).
+pub fn parse_subscription(
+    principal: &Principal,
+    request: &Value,
+) -> Result<(Filter, Resume), ApiError> {
+    let filter = parse_filter_object(principal, request.get("filter"))?;
+    let resume = match (request.get("lastEventId"), request.get("since")) {
+        (Some(Value::String(last)), _) => Resume::AfterEvent(last.clone()),
+        (Some(Value::Null) | None, Some(Value::String(since))) => {
+            Resume::Since(crate::http::history::parse_time("since", since)?)
+        }
+        (Some(Value::Null) | None, None | Some(Value::Null)) => Resume::Now,
+        (Some(_), _) => {
+            return Err(ApiError::invalid(
+                "lastEventId",
+                "lastEventId must be a string",
+            ));
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("since", "since must be a string")),
+    };
+    Ok((filter, resume))
 }
 
 /// A subscribe frame's `filter`: the history filters as JSON (`types` a list or a

@@ -54,6 +54,7 @@ async fn open_sqlite(retention_ms: i64) -> Harness {
             path: dir.path().join("conformance.db"),
             sync: SyncMode::Off,
             readers: 4,
+            min_free_bytes: 0,
         },
         retention_ms,
         clock: Clock::manual(clock.clone()),

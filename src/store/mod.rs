@@ -63,6 +63,9 @@ pub enum Backend {
         sync: SyncMode,
         /// Read-only connections for queries.
         readers: usize,
+        /// Free space the database's filesystem keeps: below it, writes are refused (507) so
+        /// that a checkpoint always has room to fold the WAL into the database.
+        min_free_bytes: u64,
     },
     Postgres {
         url: PostgresUrl,
@@ -468,7 +471,8 @@ impl Store {
         }
     }
 
-    /// Whether the database answers a query: readiness.
+    /// Whether the store answers a query and takes writes: readiness (`StorageFull` while the
+    /// disk is full).
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_backend!(self, b => b.ping().await)
     }
@@ -495,6 +499,10 @@ pub enum StoreError {
     /// The database cannot be reached now (a lost connection, a timeout); retrying may work.
     #[error("the database is unreachable")]
     Unavailable,
+    /// The disk holding the store is full (or below its reserve): writes are refused until
+    /// space is freed; reads go on.
+    #[error("the storage is full")]
+    StorageFull,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -635,6 +643,7 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict(format!("the limit of {limit} is already reached"))
             }
             StoreError::Closed | StoreError::Unavailable => ApiError::Unavailable,
+            StoreError::StorageFull => ApiError::StorageFull,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -306,6 +306,8 @@ pub async fn run(
             .await
         {
             Ok(due) => due,
+            // Said once by the store, not on every poll: deliveries wait for space.
+            Err(StoreError::StorageFull) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim webhook deliveries");
                 continue;

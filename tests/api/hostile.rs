@@ -553,7 +553,7 @@ async fn bodies_in_flight_are_bounded_per_key_and_overall() {
     let first = stalled_body(&app.address, &keys[0], 4 * 1024 * 1024, 10).await;
     // Once the stalled body has its share, the same key's next body is refused (429)...
     assert!(
-        crate::helpers::eventually(Duration::from_secs(5), || async {
+        crate::helpers::eventually(Duration::from_secs(15), || async {
             small(&keys[0]).await.unwrap().status() == StatusCode::TOO_MANY_REQUESTS
         })
         .await,
@@ -571,7 +571,7 @@ async fn bodies_in_flight_are_bounded_per_key_and_overall() {
     // With every byte committed, anyone's body is refused with 503.
     let fifth = app.key("org-e", "service").await;
     assert!(
-        crate::helpers::eventually(Duration::from_secs(5), || async {
+        crate::helpers::eventually(Duration::from_secs(15), || async {
             small(&fifth).await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
         })
         .await,
@@ -590,7 +590,7 @@ async fn bodies_in_flight_are_bounded_per_key_and_overall() {
     drop(first);
     drop(others);
     assert!(
-        crate::helpers::eventually(Duration::from_secs(5), || async {
+        crate::helpers::eventually(Duration::from_secs(15), || async {
             small(&fifth).await.unwrap().status() == StatusCode::CREATED
         })
         .await

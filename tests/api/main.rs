@@ -1,8 +1,10 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
 mod cli;
+mod clock;
 mod dashboard;
 mod demo;
+mod disk_full;
 mod durability;
 mod helpers;
 mod history;
@@ -13,6 +15,7 @@ mod ops;
 mod receiver;
 mod schemathesis;
 mod sdk;
+mod shutdown;
 mod sqlite_only;
 mod streams;
 mod webhooks;

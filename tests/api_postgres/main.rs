@@ -1,6 +1,8 @@
 //! The integration suite of `tests/api` again, every broker on PostgreSQL: each test directory
 //! gets a fresh database on the local server (`tests/api/helpers.rs`, `postgres`). Left out:
-//! `sqlite_only.rs`, which looks at SQLite's files.
+//! `sqlite_only.rs`, which looks at SQLite's files; `disk_full.rs` and `clock.rs`, which test
+//! SQLite's own reserve and its clamps (PostgreSQL's are the store's conformance cases); and
+//! `schemathesis.rs`, whose document does not depend on the backend.
 
 #[path = "../api/cli.rs"]
 mod cli;
@@ -15,6 +17,8 @@ mod durability;
 mod helpers;
 #[path = "../api/history.rs"]
 mod history;
+#[path = "../api/hostile.rs"]
+mod hostile;
 #[path = "../api/ingest.rs"]
 mod ingest;
 #[path = "../api/keys.rs"]
@@ -25,6 +29,8 @@ mod ops;
 mod receiver;
 #[path = "../api/sdk.rs"]
 mod sdk;
+#[path = "../api/shutdown.rs"]
+mod shutdown;
 #[path = "../api/streams.rs"]
 mod streams;
 #[path = "../api/webhooks.rs"]

@@ -12,6 +12,7 @@
 //! was answered or published. Only one broker process uses a SQLite database.
 
 mod migrations;
+mod space;
 mod webhooks;
 
 use std::path::Path;
@@ -39,12 +40,39 @@ use super::{
 use crate::event::{NewEvent, OrganizationId};
 use crate::filter::{Filter, OrgScope};
 use migrations::migrate;
+use space::Space;
 use webhooks::WebhookMatchers;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StoreError::StorageFull;
+        }
         StoreError::Internal(e.into())
     }
+}
+
+/// Why a group's transaction was rolled back: what each of its commands is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupFailure {
+    /// The disk is full: `StorageFull`, and writes are refused until space is back.
+    Full,
+    /// Anything else: an internal error (the cause is logged once, by the writer).
+    Other,
+}
+
+impl GroupFailure {
+    fn error(self) -> StoreError {
+        match self {
+            GroupFailure::Full => StoreError::StorageFull,
+            GroupFailure::Other => StoreError::Internal(anyhow::anyhow!("the commit failed")),
+        }
+    }
+}
+
+/// Errors that roll back the whole group: the transaction may be gone with them.
+fn fails_the_group(e: &StoreError) -> bool {
+    matches!(e, StoreError::Internal(_) | StoreError::StorageFull)
 }
 
 /// The most commands one transaction takes, so one commit never grows without bound.
@@ -112,6 +140,8 @@ struct Inner {
     commits: CommitSender,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Free space on the database's disk: writes are refused while it is low.
+    space: Arc<Space>,
 }
 
 /// WAL size (in 4 KiB pages) at which the writer checkpoints and the WAL restarts: 16 MiB.
@@ -162,11 +192,36 @@ fn watch_wal(conn: &mut Connection, wal: Arc<WalState>) -> rusqlite::Result<()> 
 /// fsyncs, so at light load one every 10 s rather than two a second (the period this replaced).
 /// Rare 30–250 ms commits at light load (`cpod_store_commit_seconds`) remained after the change:
 /// the disk's own fsync latency (BENCHMARKS.md).
-fn run_checkpointer(conn: Connection, wal: Arc<WalState>, stop: std::sync::mpsc::Receiver<()>) {
+///
+/// While the disk is low on space (writes refused, see [`space`]), it checkpoints and truncates
+/// the WAL on every poll instead, giving the WAL's space back, and measures again: a checkpoint
+/// that failed for want of space succeeds at the first poll after space is freed.
+fn run_checkpointer(
+    conn: Connection,
+    wal: Arc<WalState>,
+    space: Arc<Space>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut checkpointed_commits = 0;
     let mut last = Instant::now();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_POLL) {
+        if space.is_low() {
+            let done: rusqlite::Result<i64> =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0));
+            match done {
+                Ok(0) => {
+                    wal.pages.store(0, Relaxed);
+                    tracing::debug!("disk low: the WAL is checkpointed and truncated");
+                }
+                Ok(_) => tracing::debug!("disk low: the WAL checkpoint was blocked; retrying"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "disk low: the WAL checkpoint failed; retrying")
+                }
+            }
+            space.measure();
+            continue;
+        }
         let commits = wal.commits.load(Relaxed);
         let due = wal.pages.load(Relaxed) >= BACKGROUND_CHECKPOINT_PAGES
             || last.elapsed() >= CHECKPOINT_MAX_AGE;
@@ -190,6 +245,7 @@ impl SqliteStore {
             path,
             sync,
             readers,
+            min_free_bytes,
         } = &config.backend
         else {
             unreachable!("opened with a SQLite backend");
@@ -235,17 +291,28 @@ impl SqliteStore {
         )?;
         checkpoint_conn.busy_timeout(std::time::Duration::from_secs(5))?;
         checkpoint_conn.pragma_update(None, "synchronous", synchronous)?;
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let space = Arc::new(Space::new(
+            path,
+            *min_free_bytes,
+            wal.clone(),
+            page_size.max(512) as u64,
+        ));
+        space.measure();
         let (stop_checkpoints, checkpoint_stop) = std::sync::mpsc::channel();
-        let checkpointer = std::thread::Builder::new()
-            .name("cpod-store-checkpoint".into())
-            .spawn(move || run_checkpointer(checkpoint_conn, wal, checkpoint_stop))
-            .context("cannot start the checkpoint thread")?;
+        let checkpointer = {
+            let space = space.clone();
+            std::thread::Builder::new()
+                .name("cpod-store-checkpoint".into())
+                .spawn(move || run_checkpointer(checkpoint_conn, wal, space, checkpoint_stop))
+                .context("cannot start the checkpoint thread")?
+        };
 
         let ticket_secret = ensure_secret(&conn, "stream_ticket_secret")?;
         let readers = ReaderPool::open(path, (*readers).max(1))?;
         let (commands, queue) = mpsc::channel(QUEUE_CAPACITY);
         let commits = broadcast::channel(FEED_CAPACITY).0;
-        let writer = Writer::new(conn, commits.clone(), config)?;
+        let writer = Writer::new(conn, commits.clone(), config, space.clone())?;
         let handle = std::thread::Builder::new()
             .name("cpod-store-writer".into())
             .spawn(move || writer.run(queue))
@@ -260,6 +327,7 @@ impl SqliteStore {
                 commits,
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
+                space,
             }),
         })
     }
@@ -273,19 +341,33 @@ impl SqliteStore {
         self.inner.commits.subscribe()
     }
 
+    /// Sends a write to the writer and waits for its answer; refused at once while the disk is
+    /// low on space.
     async fn command<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        if self.inner.space.is_low() {
+            return Err(StoreError::StorageFull);
+        }
         let (reply, answer) = oneshot::channel();
         self.inner
             .commands
             .send(make(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        // A command dropped unanswered: the writer stopped, or a group failed before reaching
+        // it (the disk filled up).
+        answer.await.map_err(|_| {
+            if self.inner.space.is_low() {
+                StoreError::StorageFull
+            } else {
+                StoreError::Closed
+            }
+        })?
     }
 
     /// Runs `work` in the writer, inside a group's transaction, and answers its result once
-    /// committed. A `StoreError::Internal` from `work` undoes it alone (a savepoint); the changes
-    /// it reported reach the feed only if it succeeded.
+    /// committed. A `StoreError::Internal` from `work` undoes it alone (a savepoint), a
+    /// `StorageFull` the whole group; the changes it reported reach the feed only if it
+    /// succeeded.
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -299,16 +381,18 @@ impl SqliteStore {
                         Err(StoreError::Internal(anyhow::anyhow!("the commit failed"))),
                         Some(StoreError::Internal(e)),
                     ),
+                    Err(StoreError::StorageFull) => {
+                        (Err(StoreError::StorageFull), Some(StoreError::StorageFull))
+                    }
                     other => (other, None),
                 };
-                let answer: Box<dyn FnOnce(bool) + Send> = Box::new(move |commit_failed| {
-                    let result = if commit_failed {
-                        Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))
-                    } else {
-                        result
-                    };
-                    let _ = reply.send(result);
-                });
+                let answer: Box<dyn FnOnce(Option<GroupFailure>) + Send> =
+                    Box::new(move |failure: Option<GroupFailure>| {
+                        let _ = reply.send(match failure {
+                            Some(failure) => Err(failure.error()),
+                            None => result,
+                        });
+                    });
                 (Finished::Job(answer), failure)
             }))
         })
@@ -682,7 +766,11 @@ impl SqliteStore {
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+            .await?;
+        if self.inner.space.is_low() {
+            return Err(StoreError::StorageFull);
+        }
+        Ok(())
     }
 
     /// Finishes every queued write, stops the writer and waits for it: after this returns,
@@ -984,6 +1072,8 @@ struct Writer {
     last_timestamp_ms: i64,
     /// The last event id given: each new id is greater, whatever the clock does.
     last_id: Uuid,
+    /// Measured after every commit: a disk below its reserve stops the writes.
+    space: Arc<Space>,
 }
 
 /// A command's result, held until its transaction commits.
@@ -995,26 +1085,26 @@ enum Finished {
     ),
     Bootstrap(Reply<bool>, Result<bool, StoreError>),
     Prune(Reply<PruneReport>, Result<PruneReport, StoreError>),
-    Job(Box<dyn FnOnce(bool) + Send>),
+    Job(Box<dyn FnOnce(Option<GroupFailure>) + Send>),
 }
 
 impl Finished {
-    fn answer(self, commit_failed: bool) {
-        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>, commit_failed: bool) {
-            let result = if commit_failed {
-                Err(StoreError::Internal(anyhow::anyhow!("the commit failed")))
-            } else {
-                result
+    /// Answers the command: its own result, or the group's failure.
+    fn answer(self, failure: Option<GroupFailure>) {
+        fn send<T>(reply: Reply<T>, result: Result<T, StoreError>, failure: Option<GroupFailure>) {
+            let result = match failure {
+                Some(failure) => Err(failure.error()),
+                None => result,
             };
             // The caller may have gone (client disconnected): its work is committed anyway.
             let _ = reply.send(result);
         }
         match self {
-            Finished::Append(r, v) => send(r, v, commit_failed),
-            Finished::Key(r, v) => send(r, v, commit_failed),
-            Finished::Bootstrap(r, v) => send(r, v, commit_failed),
-            Finished::Prune(r, v) => send(r, v, commit_failed),
-            Finished::Job(answer) => answer(commit_failed),
+            Finished::Append(r, v) => send(r, v, failure),
+            Finished::Key(r, v) => send(r, v, failure),
+            Finished::Bootstrap(r, v) => send(r, v, failure),
+            Finished::Prune(r, v) => send(r, v, failure),
+            Finished::Job(answer) => answer(failure),
         }
     }
 
@@ -1032,6 +1122,7 @@ impl Writer {
         conn: Connection,
         commits: CommitSender,
         config: &StoreConfig,
+        space: Arc<Space>,
     ) -> Result<Self, StoreError> {
         // The newest event is never pruned (see `prune`), so it always holds the high-water
         // marks of timestamps and ids.
@@ -1059,6 +1150,7 @@ impl Writer {
             ingested: Default::default(),
             last_timestamp_ms,
             last_id,
+            space,
         })
     }
 
@@ -1094,9 +1186,10 @@ impl Writer {
     }
 
     /// Applies and commits a group. Any database error rolls the whole group back and every
-    /// command in it is answered with an internal error: nothing is acknowledged that is not
-    /// committed. (Per-command savepoints would confine the damage, but cost a sub-journal
-    /// write per command on every append, for failures that mean a broken disk anyway.)
+    /// command in it is answered with an internal error (`StorageFull` when the disk is full):
+    /// nothing is acknowledged that is not committed. (Per-command savepoints would confine the
+    /// damage, but cost a sub-journal write per command on every append, for failures that mean
+    /// a broken or full disk anyway.)
     fn commit_group(&mut self, group: &mut Vec<Command>) {
         let started = Instant::now();
         let mut finished = Vec::with_capacity(group.len());
@@ -1113,8 +1206,16 @@ impl Writer {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(())
         })();
-        let commit_failed = if let Err(e) = commit {
-            tracing::error!(error = %e, "store commit failed; the group is rolled back");
+        let failure = if let Err(e) = commit {
+            // A full disk may surface as another I/O error: low space after the failure says so.
+            let failure = if matches!(e, StoreError::StorageFull) || self.space.measure() {
+                self.space.mark_full();
+                tracing::warn!("the disk is full: the store commit is rolled back");
+                GroupFailure::Full
+            } else {
+                tracing::error!(error = %e, "store commit failed; the group is rolled back");
+                GroupFailure::Other
+            };
             let _ = self.conn.execute_batch("ROLLBACK");
             (self.last_timestamp_ms, self.last_id) = saved;
             self.changes.clear();
@@ -1123,13 +1224,15 @@ impl Writer {
                 Ok(matchers) => self.webhooks = matchers,
                 Err(e) => tracing::error!(error = %e, "cannot reload webhook matchers"),
             }
-            // Commands not reached are answered by being dropped (their callers see `Closed`).
+            // Commands not reached are answered by being dropped (their callers see `Closed`,
+            // or `StorageFull` while the disk is low).
             group.clear();
-            true
+            Some(failure)
         } else {
-            false
+            self.space.measure();
+            None
         };
-        if !commit_failed {
+        if failure.is_none() {
             let committed: Vec<Arc<StoredEvent>> = finished
                 .iter()
                 .flat_map(|f| f.stored_events().iter().cloned())
@@ -1151,7 +1254,7 @@ impl Writer {
             }
         }
         for done in finished {
-            done.answer(commit_failed);
+            done.answer(failure);
         }
     }
 
@@ -1175,12 +1278,12 @@ impl Writer {
             result: Result<T, StoreError>,
         ) -> (Finished, Option<StoreError>) {
             match result {
-                Err(StoreError::Internal(e)) => (
+                Err(e) if fails_the_group(&e) => (
                     wrap(
                         reply,
                         Err(StoreError::Internal(anyhow::anyhow!("the commit failed"))),
                     ),
-                    Some(StoreError::Internal(e)),
+                    Some(e),
                 ),
                 other => (wrap(reply, other), None),
             }
@@ -1243,6 +1346,9 @@ impl Writer {
                     return (finished, Some(e.into()));
                 }
                 if let Some(e) = failure {
+                    if matches!(e, StoreError::StorageFull) {
+                        return (finished, Some(e));
+                    }
                     tracing::error!(error = %e, "a store write failed; it alone is undone");
                     return (finished, None);
                 }
