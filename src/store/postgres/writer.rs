@@ -390,7 +390,6 @@ async fn apply_group(
     finished: &mut Vec<Finished>,
 ) -> Result<Vec<Change>, StoreError> {
     let client = &session.client;
-    client.batch_execute("BEGIN").await?;
 
     // Under the lock: the high-water marks, the idempotency records and endpoints in question.
     let claims: Vec<ClaimKey> = group
@@ -426,11 +425,13 @@ async fn apply_group(
         .iter()
         .map(|(s, e, k)| (s.as_str(), e.as_str(), k.as_str()))
         .collect();
-    // Pipelined: the statements after the lock run (and take their snapshots) once it is held.
+    // Pipelined behind BEGIN, in one round trip: the statements after the lock run (and take
+    // their snapshots) once it is held.
     let claim_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
         [&scopes, &endpoints, &keys];
     let endpoint_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&organizations];
-    let (_, last, records, hooks) = tokio::try_join!(
+    let (_, _, last, records, hooks) = tokio::try_join!(
+        client.batch_execute("BEGIN"),
         client.execute(&session.lock, &[&locks::APPEND]),
         client.query_opt(&session.last, &[]),
         client.query(&session.idempotency, &claim_params),
@@ -615,15 +616,18 @@ async fn apply_group(
         }
         client.execute(&session.notify, &[&CHANNEL, &payload]).await
     };
-    // Pipelined, in this order (the forgetting before the remembering).
+    // Pipelined, in this order (the forgetting before the remembering), with the COMMIT in the
+    // same round trip. If a statement fails, the server refuses the rest of the transaction and
+    // turns the COMMIT into a rollback; the failure is what `try_join` answers, so nothing that
+    // failed is ever reported committed.
     tokio::try_join!(
         insert_events,
         forget_records,
         remember_records,
         insert_deliveries,
-        notify
+        notify,
+        client.batch_execute("COMMIT"),
     )?;
-    client.batch_execute("COMMIT").await?;
     let mut changes = state.changes;
     changes.dedup();
     Ok(changes)
