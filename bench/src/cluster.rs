@@ -23,15 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Args;
-use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 use super::fanout::{self, Percentiles, Publishing, RequestShape, Transport};
 use super::peer::Endpoint;
-use super::{ADMIN_KEY, broker_binary, cpu_seconds, create_key, event_body};
+use super::{ADMIN_KEY, broker_binary, cpu_seconds, create_key};
 
 #[derive(Args, Clone)]
 pub struct ClusterArgs {
@@ -340,27 +338,7 @@ async fn ingest(
     connections: usize,
     batch: usize,
 ) -> anyhow::Result<IngestRow> {
-    let size = args.event_bytes;
-    let shape = RequestShape {
-        path: if batch > 1 {
-            "/v1/events/batch"
-        } else {
-            "/v1/events"
-        }
-        .into(),
-        events: batch as u64,
-        body: Arc::new(move |seq| {
-            let body = if batch > 1 {
-                let events: Vec<Value> = (0..batch as u64)
-                    .map(|i| event_body(size, seq + i))
-                    .collect();
-                json!({ "events": events })
-            } else {
-                event_body(size, seq)
-            };
-            Bytes::from(body.to_string())
-        }),
-    };
+    let shape = super::ingest_shape(args.event_bytes, batch);
     let nodes = deployment.nodes.len();
     // The window's edges, signalled by the first node's publisher, read by this task.
     let (edges_tx, mut edges) = tokio::sync::mpsc::unbounded_channel::<()>();

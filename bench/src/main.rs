@@ -232,12 +232,10 @@ fn event_body(size: usize, seq: u64) -> Value {
     })
 }
 
-async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let (broker, base, admin) = broker_for(&args.broker)?;
-    let key = create_key(&base, &admin, "service").await?;
-    let endpoint = peer::Endpoint::cpod(&base, &key, &key);
-    let (size, batch) = (args.event_bytes, args.batch);
-    let shape = fanout::RequestShape {
+/// Durable ingestion requests: single events of about `size` bytes to `/v1/events`, or batches
+/// of `batch` of them to `/v1/events/batch`.
+fn ingest_shape(size: usize, batch: usize) -> fanout::RequestShape {
+    fanout::RequestShape {
         path: if batch > 1 {
             "/v1/events/batch"
         } else {
@@ -256,7 +254,15 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             };
             Bytes::from(body.to_string())
         }),
-    };
+    }
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let (broker, base, admin) = broker_for(&args.broker)?;
+    let key = create_key(&base, &admin, "service").await?;
+    let endpoint = peer::Endpoint::cpod(&base, &key, &key);
+    let (size, batch) = (args.event_bytes, args.batch);
+    let shape = ingest_shape(size, batch);
     let pid = broker.as_ref().map(|b| b.child.id());
     let mut cpu = Vec::new();
     let outcome = fanout::publish_closed_loop(

@@ -17,6 +17,7 @@
 //! - an append is answered only after its transaction has committed, and every commit reaches
 //!   the feed, in position order.
 
+mod append;
 pub mod feed;
 mod postgres;
 mod sqlite;

@@ -37,7 +37,7 @@ use super::feed::Doorbell;
 use super::{CHANNEL, Connector, locks};
 use crate::event::NewEvent;
 use crate::filter::TypePattern;
-use crate::store::sqlite::{batch_body, next_event_id};
+use crate::store::append::{batch_body, next_event_id};
 use crate::store::{
     AppendOutcome, AppendRequest, Change, Clock, Commit, IDEMPOTENCY_WINDOW_MS, IngestEndpoint,
     NewKey, StoreError, StoredEvent,

@@ -21,12 +21,13 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::append::{batch_body, next_event_id};
 use super::feed::{CommitSender, FEED_CAPACITY};
 use super::webhooks::{
     AttemptOutcome, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery, WebhookPatch,
@@ -1584,47 +1585,4 @@ impl Writer {
             idempotency_records,
         })
     }
-}
-
-/// A UUIDv7 for an event stamped `timestamp_ms`, greater than `last`: from the timestamp and
-/// random bits when that is greater, else `last` plus one in its random bits (the clock is clamped
-/// so the timestamp never goes back, but several ids share a millisecond, and a restart with the
-/// clock behind starts at the last event's millisecond).
-pub(super) fn next_event_id(last: Uuid, timestamp_ms: i64) -> Uuid {
-    let random: [u8; 10] = rand::random();
-    let fresh =
-        uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid();
-    if fresh > last {
-        return fresh;
-    }
-    // 48 bits of milliseconds, 4 of version, 12 random (rand_a), 2 of variant, 62 random
-    // (rand_b): count up in the 74 random bits, carrying into the milliseconds.
-    let bits = last.as_u128();
-    let millis = bits >> 80;
-    let rand_a = (bits >> 64) & 0xfff;
-    let rand_b = bits & ((1u128 << 62) - 1);
-    let counter = ((rand_a << 62) | rand_b) + 1;
-    let (millis, counter) = if counter >> 74 == 0 {
-        (millis, counter)
-    } else {
-        (millis + 1, 0)
-    };
-    let rand_a = counter >> 62;
-    let rand_b = counter & ((1u128 << 62) - 1);
-    Uuid::from_u128((millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
-}
-
-/// `{"data":[…]}` from events' stored JSON, without parsing it again.
-pub(crate) fn batch_body(events: &[Arc<StoredEvent>]) -> Bytes {
-    let size = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 12;
-    let mut body = BytesMut::with_capacity(size);
-    body.put_slice(b"{\"data\":[");
-    for (i, event) in events.iter().enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        body.put_slice(&event.json);
-    }
-    body.put_slice(b"]}");
-    body.freeze()
 }
