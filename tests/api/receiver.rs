@@ -1,8 +1,9 @@
 //! A webhook receiver for tests: a real HTTP server on port 0 that records every request and
-//! answers from a script (then 200).
+//! answers from a script (then 200), or holds requests open.
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ struct Shared {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Answer>>,
     default: Mutex<Option<Answer>>,
+    /// How many of the next requests to hold open (never answered).
+    hold: AtomicUsize,
 }
 
 pub struct Receiver {
@@ -69,6 +72,13 @@ async fn record(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -
             .collect(),
         body: body.to_vec(),
     });
+    let hold = shared
+        .hold
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if hold {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
     let answer = shared
         .script
         .lock()
@@ -111,6 +121,12 @@ impl Receiver {
     /// Answers these, in order, before going back to the default.
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
         self.shared.script.lock().unwrap().extend(answers);
+    }
+
+    /// Holds the next `count` requests open instead of answering them (a hung endpoint).
+    #[allow(dead_code)] // used by tests/cluster, which shares this file
+    pub fn hold_next(&self, count: usize) {
+        self.shared.hold.store(count, Ordering::SeqCst);
     }
 
     pub fn answer_always(&self, answer: Answer) {

@@ -8,14 +8,12 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -666,97 +664,5 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.generation.lock().unwrap().cancel();
         self.task.abort();
-    }
-}
-
-/// One request a [`Receiver`] got.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Received {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-#[derive(Default)]
-struct ReceiverState {
-    received: Mutex<Vec<Received>>,
-    /// How many of the next requests to hold open (never answered) instead of answering 200.
-    hold: AtomicUsize,
-}
-
-/// A webhook receiver: a real HTTP server on port 0 that records every request and answers
-/// 204, or holds it open.
-pub struct Receiver {
-    pub url: String,
-    state: Arc<ReceiverState>,
-}
-
-async fn receive(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<ReceiverState>,
-) -> HttpResponse {
-    state.received.lock().unwrap().push(Received {
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
-        body: body.to_vec(),
-    });
-    let hold = state
-        .hold
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    if hold {
-        tokio::time::sleep(Duration::from_secs(600)).await;
-    }
-    HttpResponse::NoContent().finish()
-}
-
-impl Receiver {
-    pub async fn start() -> Receiver {
-        let listener = StdListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let state = Arc::new(ReceiverState::default());
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .default_service(web::to(receive))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
-        Receiver { url, state }
-    }
-
-    /// Holds the next `count` requests open instead of answering them.
-    pub fn hold_next(&self, count: usize) {
-        self.state.hold.store(count, Ordering::SeqCst);
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.state.received.lock().unwrap().clone()
-    }
-
-    /// Waits until `count` requests arrived; answers whether they did within `timeout`.
-    pub async fn wait_for(&self, count: usize, timeout: Duration) -> bool {
-        eventually(timeout, || async { self.received().len() >= count }).await
     }
 }
