@@ -187,6 +187,7 @@ impl Application {
                 workers,
                 shutdown_timeout: Duration::from_secs(RESPONSE_TIMEOUT_SECS),
                 shutdown: stopping.clone(),
+                streams: Some(state.clone()),
             },
             move || {
                 App::new()

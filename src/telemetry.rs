@@ -129,16 +129,28 @@ pub async fn record_request(
         Ok(response) => response.status(),
         Err(error) => error.as_response_error().status_code(),
     };
+    count_request(method, route, status.as_u16(), started.elapsed());
+    result
+}
+
+/// Counts and times one request (also for the streams served below actix-web,
+/// `crate::http::owned`).
+pub fn count_request(
+    method: &'static str,
+    route: impl Into<String>,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    let route: String = route.into();
     metrics::counter!(
         "cpod_http_requests_total",
         "method" => method,
         "route" => route.clone(),
-        "status" => status.as_u16().to_string()
+        "status" => status.to_string()
     )
     .increment(1);
     metrics::histogram!("cpod_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    result
+        .record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open
 use crate::hub::Subscription;
 use crate::store::StoredEvent;
 
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 /// How long a stream that should end gets to end by itself (its client reading the last bytes)
 /// before its connection is closed under it.
 pub const UNREAD_STREAM_GRACE: Duration = Duration::from_secs(1);
@@ -107,16 +107,14 @@ pub async fn stream_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut params = QueryParams::parse(&req)?;
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| ApiError::invalid("Last-Event-ID", "Last-Event-ID must be ASCII"))
-        })
-        .transpose()?;
-    let request = StreamRequest::parse(&req, &mut params, last_event_id, &state).await?;
+    let header = |name| req.headers().get(name).map(|v| v.as_bytes());
+    let request = StreamRequest::parse(
+        header(header::AUTHORIZATION),
+        header(header::HeaderName::from_static("last-event-id")),
+        &mut params,
+        &state,
+    )
+    .await?;
     params.finish()?;
     let opened = open_stream(&state, request).await?;
 

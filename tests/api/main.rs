@@ -17,6 +17,7 @@ mod schemathesis;
 mod sdk;
 mod shutdown;
 mod sqlite_only;
+mod stream_connections;
 mod streams;
 mod webhooks;
 mod ws;

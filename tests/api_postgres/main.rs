@@ -31,6 +31,8 @@ mod receiver;
 mod sdk;
 #[path = "../api/shutdown.rs"]
 mod shutdown;
+#[path = "../api/stream_connections.rs"]
+mod stream_connections;
 #[path = "../api/streams.rs"]
 mod streams;
 #[path = "../api/webhooks.rs"]
