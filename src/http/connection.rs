@@ -127,11 +127,11 @@ where
                             // Stream frames are small and latency-bound: never let Nagle hold
                             // one back.
                             let _ = tcp.set_nodelay(true);
-                            if let Some(shard) = shard {
-                                if crate::http::owned::sniff(&tcp).await == Route::Stream {
-                                    crate::http::owned::serve_stream(tcp, shard).await;
-                                    return Ok(());
-                                }
+                            if let Some(shard) = shard
+                                && crate::http::owned::sniff(&tcp).await == Route::Stream
+                            {
+                                crate::http::owned::serve_stream(tcp, shard).await;
+                                return Ok(());
                             }
                             // Boxed: an actix connection's state is not every stream's.
                             Box::pin(http.call((Connection::new(tcp), peer))).await
