@@ -305,7 +305,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
     println!("\n== targets (ours ÷ nchan, medians) ==");
     for t in &targets {
         let verdict = if t.met { "met" } else { "NOT met" };
-        println!("   {:<72} {:>6}  {verdict}", t.target, t.figure());
+        println!("   {:<80} {:>6}  {verdict}", t.target, t.figure());
     }
     let report = Report {
         started_at,
