@@ -24,10 +24,10 @@ use crate::openapi::ApiDoc;
 /// The AsyncAPI version the document follows.
 pub const ASYNCAPI_VERSION: &str = "3.0.0";
 
-/// The channel names, which the tests and the routes they describe share.
-pub const SSE_CHANNEL: &str = "eventStream";
-pub const WS_CHANNEL: &str = "socket";
-pub const WEBHOOK_CHANNEL: &str = "webhookDeliveries";
+/// The channel names.
+const SSE_CHANNEL: &str = "eventStream";
+const WS_CHANNEL: &str = "socket";
+const WEBHOOK_CHANNEL: &str = "webhookDeliveries";
 
 /// The schema of the frames a WebSocket client sends, and of those the broker writes.
 const CLIENT_FRAMES: &str = "ClientFrame";
@@ -35,8 +35,9 @@ const SERVER_FRAMES: &str = "ServerFrame";
 
 /// Which frames answer each client operation (by the titles of the frame variants); `Error`
 /// answers any of them. Checked against the frame types by the unit tests, and against the
-/// running broker by `tests/api/asyncapi.rs`.
-pub const REPLIES: &[(&str, &[&str])] = &[
+/// running broker (each operation's example sent, its answer one of these) by
+/// `tests/api/asyncapi.rs`.
+const REPLIES: &[(&str, &[&str])] = &[
     ("Auth", &["Authenticated", "Error"]),
     ("Subscribe", &["Subscribed", "Reset", "Error"]),
     ("Unsubscribe", &["Unsubscribed", "Error"]),
@@ -278,7 +279,16 @@ pub fn document_value() -> Value {
             "payload": schema_ref("ErrorBody"),
         }),
     );
-    for (title, variant) in client_frames.iter().chain(&server_frames) {
+    // The broker's frames are serialized from `ServerFrame`, so they hold exactly the fields of
+    // their variant: closed, so that a drift shows (utoipa leaves enum variants open). Client
+    // frames stay open: the socket ignores fields it does not read.
+    let closed = server_frames.iter().map(|(title, variant)| {
+        let mut variant = variant.clone();
+        variant["additionalProperties"] = Value::Bool(false);
+        (title.clone(), variant)
+    });
+    let socket_frames: Vec<(String, Value)> = client_frames.iter().cloned().chain(closed).collect();
+    for (title, variant) in &socket_frames {
         let mut message = json!({
             "name": op_of(variant).unwrap_or(title),
             "title": title,
@@ -588,6 +598,10 @@ mod tests {
         assert_eq!(names, expected);
         // Seven kinds of server frame (two of them `event`) and four client operations.
         assert_eq!(schemas[1]["oneOf"].as_array().unwrap().len(), 8);
+        for (title, _) in frame_variants(&openapi_schemas(), SERVER_FRAMES) {
+            let payload = &document["components"]["messages"][format!("Ws{title}")]["payload"];
+            assert_eq!(payload["additionalProperties"], false, "{title} is closed");
+        }
         for variant in schemas[0]["oneOf"].as_array().unwrap() {
             let op = op_of(variant).unwrap();
             let operation = &document["operations"][op];
@@ -603,6 +617,14 @@ mod tests {
             }
         }
         assert_eq!(REPLIES.len(), schemas[0]["oneOf"].as_array().unwrap().len());
+    }
+
+    fn openapi_schemas() -> Map<String, Value> {
+        let openapi = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        openapi["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .clone()
     }
 
     fn server_ops(schema: &Value) -> BTreeSet<&str> {

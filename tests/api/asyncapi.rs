@@ -215,6 +215,15 @@ fn channel_messages(document: &Value, channel: &str) -> BTreeMap<String, Value> 
         .collect()
 }
 
+/// The messages of a channel that carry the event as a CloudEvent (by their content type).
+fn cloud_event_messages(messages: &BTreeMap<String, Value>) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|(_, m)| m["contentType"] == "application/cloudevents+json")
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 fn message_id(reference: &Value) -> String {
     reference["$ref"]
         .as_str()
@@ -321,47 +330,58 @@ async fn every_channel_and_message_of_the_asyncapi_document_is_what_the_broker_s
     }
     assert_eq!(protocols, BTreeSet::from(["http".into(), "ws".into()]));
 
-    // The webhook channel has no fixed address: an endpoint is made for the receiver.
+    // The webhook channel has no fixed address: an endpoint is made for a receiver, per format
+    // the endpoint body takes (the CloudEvent delivery once the OpenAPI document offers
+    // `format`).
     let webhook_channel = channels
         .iter()
         .find(|(_, c)| c["address"].is_null())
         .map(|(name, _)| name.clone())
         .expect("the webhook channel");
     let messages = channel_messages(&document, &webhook_channel);
-    let receiver = Receiver::start().await;
-    json_of(
-        app.post_json(&service, "/v1/webhooks", &json!({"url": receiver.url}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
-    app.emit(&service, &crate::helpers::custom("hooked")).await;
-    let delivery = receiver
-        .wait_for(1, Duration::from_secs(10))
-        .await
-        .remove(0);
-    let content_type = delivery.header("content-type").unwrap().to_owned();
-    let (id, message) = messages
-        .iter()
-        .find(|(_, m)| m["contentType"] == content_type.as_str())
-        .unwrap_or_else(|| panic!("no webhook message is sent as {content_type}"));
-    let mut headers = Map::new();
-    for (name, value) in &delivery.headers {
-        if let Some(documented) = message["headers"]["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .find(|k| k.eq_ignore_ascii_case(name))
-        {
-            headers.insert(documented.clone(), Value::from(value.as_str()));
-        }
+    let mut endpoints = vec![json!({})];
+    let offers_format =
+        openapi["components"]["schemas"]["NewWebhookBody"]["properties"]["format"].is_object();
+    if offers_format {
+        endpoints.push(json!({"format": "cloudevents"}));
     }
-    seen.add(id, delivery.json());
-    seen.add(&format!("{id}:headers"), Value::Object(headers));
-    for other in messages.keys().filter(|m| *m != id) {
-        expected_unseen.insert(other.clone());
+    for mut endpoint in endpoints {
+        let receiver = Receiver::start().await;
+        endpoint["url"] = json!(receiver.url);
+        json_of(
+            app.post_json(&service, "/v1/webhooks", &endpoint)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::CREATED,
+        )
+        .await;
+        app.emit(&service, &crate::helpers::custom("hooked")).await;
+        let delivery = receiver
+            .wait_for(1, Duration::from_secs(10))
+            .await
+            .remove(0);
+        let content_type = delivery.header("content-type").unwrap().to_owned();
+        let (id, message) = messages
+            .iter()
+            .find(|(_, m)| m["contentType"] == content_type.as_str())
+            .unwrap_or_else(|| panic!("no webhook message is sent as {content_type}"));
+        let mut headers = Map::new();
+        for (name, value) in &delivery.headers {
+            if let Some(documented) = message["headers"]["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(name))
+            {
+                headers.insert(documented.clone(), Value::from(value.as_str()));
+            }
+        }
+        seen.add(id, delivery.json());
+        seen.add(&format!("{id}:headers"), Value::Object(headers));
+    }
+    if !offers_format {
+        expected_unseen.extend(cloud_event_messages(&messages));
     }
 
     // Everything seen validates against its message; every message was seen.
@@ -491,12 +511,7 @@ async fn check_sse(
         }
     }
     if !takes_format {
-        expected_unseen.extend(
-            messages
-                .iter()
-                .filter(|(_, m)| m["contentType"] == "application/cloudevents+json")
-                .map(|(id, _)| id.clone()),
-        );
+        expected_unseen.extend(cloud_event_messages(messages));
     }
 }
 
