@@ -26,7 +26,8 @@
 //!    and response types in `http::wire`, which are also the OpenAPI schemas; one module per
 //!    area: `ingest`, `history`, `keys`, `sse`, `ws`, `streams`, `webhooks`, `ops`, `dashboard`;
 //!    `bodies` and `connection` for what a request and a connection may cost), [`openapi`] (the
-//!    document, read from the handlers), [`cli`] (the command-line client, on the SDK crate
+//!    document, read from the handlers), [`asyncapi`] (the streams, the WebSocket protocol and
+//!    webhooks as an AsyncAPI document, on the OpenAPI document's schemas), [`cli`] (the command-line client, on the SDK crate
 //!    `cpod-sdk`), [`demo`] (`serve --demo`).
 //! 5. **Assembly** — [`startup`] builds the application from the configuration, runs it, and on
 //!    shutdown joins every task it spawned before it closes the store; `main.rs` calls it.
@@ -41,6 +42,7 @@
 //! → `store::feed` → `hub` → `http::sse` / `http::ws`; `http::history` and a resuming stream read
 //! the store.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

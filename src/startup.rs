@@ -168,6 +168,7 @@ impl Application {
                 BodyBudget::per_key_share(body_memory, config.max_body_bytes as usize),
             ),
             openapi: crate::openapi::document(),
+            asyncapi: crate::asyncapi::document(),
             deliverer,
         });
 

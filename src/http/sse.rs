@@ -26,10 +26,14 @@ use crate::http::QueryParams;
 use crate::http::connection::ConnectionCloser;
 use crate::http::state::AppState;
 use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
+use crate::http::wire::frames::{ResetReason, SseReset};
 use crate::hub::Subscription;
 use crate::store::StoredEvent;
 
+/// The comment an idle stream sends after each heartbeat interval.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The range of the opening `retry:` (milliseconds), jittered within it.
+pub const RETRY_MS: std::ops::Range<u32> = 2000..5000;
 /// How long a stream that should end gets to end by itself (its client reading the last bytes)
 /// before its connection is closed under it.
 pub const UNREAD_STREAM_GRACE: Duration = Duration::from_secs(1);
@@ -67,14 +71,18 @@ pub fn event_frame(id: &Uuid, json: &[u8]) -> Bytes {
 
 /// The `event: reset` message for a `Last-Event-ID` the broker cannot resume from.
 pub fn reset_frame(last_event_id: &str) -> Bytes {
-    let data = serde_json::json!({"reason": "unknown_last_event_id", "lastEventId": last_event_id});
+    let data = SseReset {
+        reason: ResetReason::UnknownLastEventId,
+        last_event_id: last_event_id.to_owned(),
+    };
+    let data = serde_json::to_string(&data).expect("the reset data serializes");
     Bytes::from(format!("event: reset\ndata: {data}\n\n"))
 }
 
 /// The opening `retry:`, jittered between 2 and 5 seconds so that a restart does not bring
 /// every client back in the same second.
 pub fn retry_frame() -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", rand::random_range(2000..5000)))
+    Bytes::from(format!("retry: {}\n\n", rand::random_range(RETRY_MS)))
 }
 
 /// Several events in one chunk; one event is its shared frame, uncopied.
@@ -288,7 +296,7 @@ mod tests {
             let retry = retry_frame();
             let text = std::str::from_utf8(&retry).unwrap();
             let ms: u32 = text.trim_start_matches("retry: ").trim().parse().unwrap();
-            assert!((2000..5000).contains(&ms));
+            assert!(RETRY_MS.contains(&ms));
             assert!(text.ends_with("\n\n"));
         }
     }

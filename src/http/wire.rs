@@ -7,6 +7,8 @@
 //! document at `/openapi.json` is generated from the same types, so it cannot describe a body
 //! the broker does not accept.
 
+pub mod frames;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};

@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
+mod asyncapi;
 mod cli;
 mod clock;
 mod dashboard;

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::helpers::{TestApp, custom, json_of, spawn_app, spawn_app_with};
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(app: &TestApp, key: Option<&str>, query: &str) -> Socket {
@@ -37,7 +37,7 @@ async fn send(socket: &mut Socket, frame: Value) {
 }
 
 /// The next JSON text frame (skipping pings), or panics after a few seconds.
-async fn recv(socket: &mut Socket) -> Value {
+pub async fn recv(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
             .await
