@@ -18,5 +18,6 @@ mod sdk;
 mod shutdown;
 mod sqlite_only;
 mod streams;
+mod trace;
 mod webhooks;
 mod ws;

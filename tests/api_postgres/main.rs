@@ -33,6 +33,8 @@ mod sdk;
 mod shutdown;
 #[path = "../api/streams.rs"]
 mod streams;
+#[path = "../api/trace.rs"]
+mod trace;
 #[path = "../api/webhooks.rs"]
 mod webhooks;
 #[path = "../api/ws.rs"]
