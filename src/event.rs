@@ -523,16 +523,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_wire_json_has_the_contract_shape() {
-        let event = NewEvent::new(
+    /// A `pod.failed` event of `org-1` with this payload.
+    fn pod_failed(payload: Value) -> NewEvent {
+        NewEvent::new(
             EventType::parse("pod.failed").unwrap(),
             ResourceId::parse("pod-7f9c").unwrap(),
             ResourceType::parse("pod").unwrap(),
             OrganizationId::parse("org-1").unwrap(),
             None,
-            json!({"b": 1, "a": 2}).as_object().unwrap(),
-        );
+            payload.as_object().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_wire_json_has_the_contract_shape() {
+        let event = pod_failed(json!({"b": 1, "a": 2}));
         let id = Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap();
         let json = String::from_utf8(event.stamp(&id, 1_777_636_800_123)).unwrap();
         assert_eq!(json.len(), event.json_len());
@@ -566,15 +571,7 @@ mod tests {
         )
         .0
         .unwrap();
-        let event = NewEvent::new(
-            EventType::parse("pod.failed").unwrap(),
-            ResourceId::parse("pod-7f9c").unwrap(),
-            ResourceType::parse("pod").unwrap(),
-            OrganizationId::parse("org-1").unwrap(),
-            None,
-            json!({"a": 1}).as_object().unwrap(),
-        )
-        .with_trace(trace.clone());
+        let event = pod_failed(json!({"a": 1})).with_trace(trace.clone());
         let id = Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap();
         let json = String::from_utf8(event.stamp(&id, 1_777_636_800_123)).unwrap();
         assert_eq!(json.len(), event.json_len());

@@ -382,3 +382,36 @@ async fn an_otlp_collector_gets_one_events_spans_from_ingest_to_webhook_attempt_
         );
     }
 }
+
+#[tokio::test]
+async fn the_sdk_emits_with_a_trace_context_and_reads_the_events_trace_fields() {
+    use cpod_sdk::{CpodClient, EmitOptions, NewEvent};
+    let app = spawn_app_with(&[]).await;
+    let client = CpodClient::new(&app.address, &app.key("org-t", "service").await).unwrap();
+    let options = EmitOptions::new()
+        .traceparent(TRACEPARENT)
+        .tracestate("rojo=1");
+    let new = NewEvent::new("custom.sdk.traced", "thing", "t-1");
+    let single = client.events().emit_with(&new, &options).await.unwrap();
+    assert_eq!(
+        parts(single.event.traceparent.as_deref().unwrap()).0,
+        TRACE_ID
+    );
+    assert_eq!(single.event.tracestate.as_deref(), Some("rojo=1"));
+    let batch = client
+        .events()
+        .emit_batch_with(&[new.clone(), new], &options)
+        .await
+        .unwrap();
+    assert!(batch.events.iter().all(|e| {
+        e.traceparent
+            .as_deref()
+            .is_some_and(|t| t.contains(TRACE_ID))
+    }));
+    let plain = client
+        .events()
+        .emit(&NewEvent::new("custom.sdk.plain", "thing", "t-2"))
+        .await
+        .unwrap();
+    assert_eq!((plain.traceparent, plain.tracestate), (None, None));
+}
