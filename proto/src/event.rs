@@ -59,6 +59,7 @@ pub struct Event {
     #[cfg_attr(
         feature = "openapi",
         schema(
+            nullable = false,
             pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
             min_length = 55,
             max_length = 55
@@ -68,7 +69,10 @@ pub struct Event {
     /// W3C Trace Context: the `tracestate` that came with the `traceparent` (validated, at
     /// most 32 members and 512 characters). Absent when there was none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 512))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(nullable = false, min_length = 1, max_length = 512)
+    )]
     pub tracestate: Option<String>,
 }
 
