@@ -232,7 +232,7 @@ pub async fn run(hub: Hub, mut feed: FeedReader, store: Store, shutdown: Cancell
                 }
             }
         };
-        hub.publish(&commit.events);
+        crate::spans::fan_out(&commit.events, |events| hub.publish(events));
         for change in &commit.changes {
             match change {
                 Change::KeyRevoked(key) => hub.revoke(*key),

@@ -8,7 +8,8 @@
 //!    [`filter`] (organization scope, type globs, exact fields), [`keys`] (keys, roles, the
 //!    credential events a key's life leaves), [`tickets`] (signed, expiring stream tickets),
 //!    [`error`] (the one error type, mapped to the contract's JSON in one place), [`shutdown`]
-//!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables).
+//!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables),
+//!    [`trace_context`] (W3C `traceparent`/`tracestate`, parsed by the spec's rules).
 //! 2. **Storage** — [`store`]: the only place anything durable lives, used through domain
 //!    operations (append a group of events with their idempotency records and webhook
 //!    deliveries, history, reads after a position, keys, webhook endpoints and their leased
@@ -21,7 +22,9 @@
 //!    `Subscription`), [`auth`] (the key cache, evicted by revocations from the feed; the per-key
 //!    rate limit), [`webhooks`] (signed delivery from the durable queue, woken by the feed;
 //!    signing; the SSRF guard), [`retention`] (pruning), [`cluster`] (this node's heartbeat,
-//!    `cpod_cluster_nodes`, `cpod_feed_lag_seconds`), [`telemetry`] (logs, Prometheus).
+//!    `cpod_cluster_nodes`, `cpod_feed_lag_seconds`), [`telemetry`] (logs, Prometheus),
+//!    [`spans`] (the broker's spans along an event's path — ingest, commit, fan-out, webhook
+//!    attempt — continuing the event's trace context, and their OTLP export).
 //! 4. **Edges** — [`http`] (`AppState` and the `Principal` extractor in `http::state`; the body
 //!    and response types in `http::wire`, which are also the OpenAPI schemas; one module per
 //!    area: `ingest`, `history`, `keys`, `sse`, `ws`, `streams`, `webhooks`, `ops`, `dashboard`;
@@ -57,8 +60,10 @@ pub mod keys;
 pub mod openapi;
 pub mod retention;
 pub mod shutdown;
+pub mod spans;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;
+pub mod trace_context;
 pub mod webhooks;

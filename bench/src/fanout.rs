@@ -979,6 +979,8 @@ mod tests {
                 .cloned()
                 .unwrap(),
             timestamp: "2026-11-28T22:31:40.717Z".into(),
+            traceparent: None,
+            tracestate: None,
         })
         .unwrap();
         let nchan = br#"{"type":"custom.bench","resourceId":"bench","resourceType":"bench","payload":{"seq":7,"sentUs":99,"filler":"xx"}}"#;

@@ -3,11 +3,15 @@
 //! Checks run in the contract's order: key (401), content type (415), body size (413), JSON and
 //! the event rules (400), then permission (403) and the stored size of each event (413). Only
 //! then does the request reach the store, which answers once the events are committed.
+//!
+//! Each request is an `ingest` span continuing the request's W3C trace context; the events are
+//! stored with the context that span passes on (see `spans`).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use sha2::{Digest, Sha256};
+use tracing::{Instrument, Span};
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -16,6 +20,7 @@ use crate::http::state::AppState;
 use crate::http::wire::{BatchBody, EventList, parse_body};
 use crate::http::{read_body, require_json_content_type};
 use crate::store::{AppendOutcome, AppendRequest, IdempotencyClaim, IngestEndpoint};
+use crate::trace_context::TraceContext;
 
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -37,7 +42,11 @@ pub fn post_route() -> actix_web::Route {
 #[utoipa::path(
     post, path = "/v1/events", tag = "events",
     request_body(content = NewEventBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context (version 00: `00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`): the events are stored with this trace, the broker's ingest span as parent-id. An invalid value is ignored (the events have no trace), never refused.", example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate" = Option<String>, Header, description = "W3C Trace Context vendor state, kept with the traceparent (at most 32 members, cut to 512 characters); ignored when invalid or without a valid traceparent.", example = "rojo=00f067aa0ba902b7"),
+    ),
     responses(
         (status = 201, description = "Stored (durable)", body = crate::event::Event),
         (status = 400, description = "Invalid event", body = ErrorBody),
@@ -54,28 +63,40 @@ pub async fn post_event(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_json_content_type(&req)?;
-    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
-    let idempotency = idempotency_claim(&req, &principal, &body)?;
-    let draft = EventDraft::from_body(parse_body::<NewEventBody>(&body)?)?;
-    let event = admit(&principal, draft, state.limits.max_event_bytes)
+    let (span, trace) = ingest_span(&req, IngestEndpoint::Single);
+    async move {
+        require_json_content_type(&req)?;
+        let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+        let idempotency = idempotency_claim(&req, &principal, &body)?;
+        let draft = EventDraft::from_body(parse_body::<NewEventBody>(&body)?)?;
+        let event = admit(
+            &principal,
+            draft,
+            state.limits.max_event_bytes,
+            trace.as_ref(),
+        )
         .map_err(|e| e.into_api_error(None))?;
-    let outcome = state
-        .store
-        .append(AppendRequest {
+        let request = AppendRequest {
             endpoint: IngestEndpoint::Single,
             events: vec![event],
             idempotency,
-        })
-        .await?;
-    Ok(created(outcome))
+        };
+        let outcome = crate::spans::commit(&state.store, request).await?;
+        Ok(created(outcome))
+    }
+    .instrument(span)
+    .await
 }
 
 /// Store up to 1,000 events atomically.
 #[utoipa::path(
     post, path = "/v1/events/batch", tag = "events",
     request_body(content = BatchBody, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 hours", min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context (version 00: `00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>`): the events are stored with this trace, the broker's ingest span as parent-id. An invalid value is ignored (the events have no trace), never refused.", example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate" = Option<String>, Header, description = "W3C Trace Context vendor state, kept with the traceparent (at most 32 members, cut to 512 characters); ignored when invalid or without a valid traceparent.", example = "rojo=00f067aa0ba902b7"),
+    ),
     responses(
         (status = 201, description = "All stored, in order", body = EventList),
         (status = 400, description = "An event is invalid; `param` names its index", body = ErrorBody),
@@ -92,34 +113,63 @@ pub async fn post_batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_json_content_type(&req)?;
-    let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
-    let idempotency = idempotency_claim(&req, &principal, &body)?;
-    // Validity of every event first (400), then permissions and sizes (403, 413).
-    let drafts = batch_events(&body)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            EventDraft::from_body(item).map_err(|e| ApiError::invalid_at("events", i, e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut events = Vec::with_capacity(drafts.len());
-    for (i, draft) in drafts.into_iter().enumerate() {
-        events.push(
-            admit(&principal, draft, state.limits.max_event_bytes)
+    let (span, trace) = ingest_span(&req, IngestEndpoint::Batch);
+    async move {
+        require_json_content_type(&req)?;
+        let body = read_body(&req, payload, state.limits.max_body_bytes).await?;
+        let idempotency = idempotency_claim(&req, &principal, &body)?;
+        // Validity of every event first (400), then permissions and sizes (403, 413).
+        let drafts = batch_events(&body)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                EventDraft::from_body(item).map_err(|e| ApiError::invalid_at("events", i, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut events = Vec::with_capacity(drafts.len());
+        for (i, draft) in drafts.into_iter().enumerate() {
+            // The request's trace context applies to every event of the batch.
+            events.push(
+                admit(
+                    &principal,
+                    draft,
+                    state.limits.max_event_bytes,
+                    trace.as_ref(),
+                )
                 .map_err(|e| e.into_api_error(Some(i)))?,
-        );
-    }
-    metrics::histogram!("cpod_ingest_batch_events").record(events.len() as f64);
-    let outcome = state
-        .store
-        .append(AppendRequest {
+            );
+        }
+        metrics::histogram!("cpod_ingest_batch_events").record(events.len() as f64);
+        let request = AppendRequest {
             endpoint: IngestEndpoint::Batch,
             events,
             idempotency,
-        })
-        .await?;
-    Ok(created(outcome))
+        };
+        let outcome = crate::spans::commit(&state.store, request).await?;
+        Ok(created(outcome))
+    }
+    .instrument(span)
+    .await
+}
+
+/// The ingest span of a request and the trace context its events are stored with: the
+/// request's `traceparent`/`tracestate` continued by the broker's span, or none. Invalid trace
+/// headers are ignored, as W3C Trace Context says (never a 400); the debug log says why.
+fn ingest_span(req: &HttpRequest, endpoint: IngestEndpoint) -> (Span, Option<TraceContext>) {
+    let values = |name: &str| -> Vec<&str> {
+        req.headers()
+            .get_all(name)
+            // A value that is not visible ASCII is malformed: kept as "", which fails to parse.
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect()
+    };
+    let (incoming, ignored) =
+        TraceContext::from_headers(&values("traceparent"), &values("tracestate"));
+    let (span, trace) = crate::spans::ingest(endpoint.as_str(), incoming.as_ref());
+    if let Some(error) = ignored {
+        span.in_scope(|| tracing::debug!(%error, "ignored an invalid trace context header"));
+    }
+    (span, trace)
 }
 
 /// The events of a batch body, 1 to 1,000 of them, deserialized but not yet checked as events.
@@ -172,6 +222,7 @@ fn admit(
     principal: &Principal,
     draft: EventDraft,
     max_event_bytes: usize,
+    trace: Option<&TraceContext>,
 ) -> Result<NewEvent, Refusal> {
     let organization_id = principal
         .organization(draft.organization_id.as_ref(), "organizationId")
@@ -191,6 +242,10 @@ fn admit(
         draft.workspace_id,
         &draft.payload,
     );
+    let event = match trace {
+        Some(trace) => event.with_trace(trace.clone()),
+        None => event,
+    };
     if event.json_len() > max_event_bytes {
         return Err(Refusal::TooLarge(event.json_len(), max_event_bytes));
     }

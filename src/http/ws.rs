@@ -915,6 +915,7 @@ mod tests {
             resource_type: "r".into(),
             resource_id: "r".into(),
             workspace_id: None,
+            trace: None,
             json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
             sse: Default::default(),
         };

@@ -10,6 +10,8 @@
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::trace_context::TraceContext;
+
 /// An endpoint as stored. Secrets are kept in clear: the broker must sign with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookRecord {
@@ -138,6 +140,8 @@ pub struct DueDelivery {
     /// The stored event's JSON: the body, byte for byte the same on every attempt. `None` when
     /// the event has expired.
     pub body: Option<Bytes>,
+    /// The trace context the event was stored with: each attempt is a span in its trace.
+    pub trace: Option<TraceContext>,
     pub webhook: WebhookRecord,
 }
 

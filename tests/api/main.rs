@@ -20,5 +20,6 @@ mod shutdown;
 mod sqlite_only;
 mod stream_connections;
 mod streams;
+mod trace;
 mod webhooks;
 mod ws;

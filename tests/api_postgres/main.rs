@@ -35,6 +35,8 @@ mod shutdown;
 mod stream_connections;
 #[path = "../api/streams.rs"]
 mod streams;
+#[path = "../api/trace.rs"]
+mod trace;
 #[path = "../api/webhooks.rs"]
 mod webhooks;
 #[path = "../api/ws.rs"]

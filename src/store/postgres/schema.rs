@@ -124,6 +124,12 @@ const MIGRATIONS: &[&str] = &[
         updated_ms bigint           NOT NULL
     );
     "#,
+    // 3: the W3C trace context an event was ingested with (also in its JSON), for the spans
+    // and `traceparent` header of its webhook attempts.
+    r#"
+    ALTER TABLE events ADD COLUMN traceparent text;
+    ALTER TABLE events ADD COLUMN tracestate text;
+    "#,
 ];
 
 /// Brings the schema up to date. Holds the migration lock for the whole run, so concurrent

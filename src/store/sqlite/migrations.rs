@@ -108,6 +108,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN lease_owner BLOB;
     ALTER TABLE deliveries ADD COLUMN lease_until_ms INTEGER;
     "#,
+    // 5: the W3C trace context an event was ingested with (also in its JSON), for the spans
+    // and `traceparent` header of its webhook attempts.
+    r#"
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.
