@@ -856,6 +856,7 @@ mod tests {
             workspace_id: None,
             json: serde_json::to_vec(&event).unwrap().into(),
             sse: Default::default(),
+            trace: None,
         };
         let typed = ServerFrame::Event {
             subscription: "s\"1".into(),
