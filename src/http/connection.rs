@@ -19,8 +19,6 @@ use std::io;
 use std::net::TcpListener;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,11 +29,11 @@ use actix_web::dev::{
     AppConfig, Extensions, Server, Service, ServiceFactory, fn_factory, fn_service,
 };
 
+use crate::http::closer::ConnectionCloser;
 use crate::http::owned::Route;
 use actix_web::rt::net::TcpStream;
 use bytes::Bytes;
 use cpod_proto::{ErrorBody, ErrorCode};
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -143,29 +141,10 @@ where
         .run())
 }
 
-/// Ends a connection from outside the task that serves it.
-#[derive(Clone)]
-pub struct ConnectionCloser(Arc<Shared>);
-
-impl ConnectionCloser {
-    /// Closes the connection: its reads end and its writes fail from now on, and the task
-    /// serving it is woken to notice, even while it waits for a socket that does not drain.
-    pub fn close(&self) {
-        self.0.closed.store(true, Ordering::Release);
-        self.0.waker.wake();
-    }
-}
-
-struct Shared {
-    closed: AtomicBool,
-    /// The task serving the connection (it polls both directions).
-    waker: AtomicWaker,
-}
-
 /// One TCP connection as actix-http sees it.
 pub struct Connection {
     io: TcpStream,
-    shared: Arc<Shared>,
+    closer: ConnectionCloser,
     /// Past a `101 Switching Protocols` the bytes are WebSocket frames: left alone.
     upgraded: bool,
     /// A JSON error answer still to write, in place of actix-http's empty one.
@@ -227,22 +206,18 @@ impl Connection {
     fn new(io: TcpStream) -> Self {
         Self {
             io,
-            shared: Arc::new(Shared {
-                closed: AtomicBool::new(false),
-                waker: AtomicWaker::new(),
-            }),
+            closer: ConnectionCloser::default(),
             upgraded: false,
             replacement: Bytes::new(),
         }
     }
 
     fn closer(&self) -> ConnectionCloser {
-        ConnectionCloser(self.shared.clone())
+        self.closer.clone()
     }
 
     fn closed(&self, cx: &mut Context<'_>) -> bool {
-        self.shared.waker.register(cx.waker());
-        self.shared.closed.load(Ordering::Acquire)
+        self.closer.poll_closed(cx)
     }
 
     /// Writes what is left of a replacement answer.
@@ -316,7 +291,7 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.shared.closed.load(Ordering::Acquire) {
+        if !self.closer.is_closed() {
             std::task::ready!(self.poll_replacement(cx))?;
         }
         Pin::new(&mut self.io).poll_shutdown(cx)

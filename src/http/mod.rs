@@ -2,6 +2,7 @@
 //! bodies, headers and query strings they share (so every malformed input is a contract error).
 
 pub mod bodies;
+pub mod closer;
 pub mod connection;
 pub mod dashboard;
 pub mod drain;

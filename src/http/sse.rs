@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::http::QueryParams;
-use crate::http::connection::ConnectionCloser;
+use crate::http::closer::ConnectionCloser;
 use crate::http::state::AppState;
 use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
 use crate::http::wire::frames::{ResetReason, SseReset};

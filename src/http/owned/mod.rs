@@ -14,6 +14,7 @@
 pub mod head;
 pub mod shard;
 mod subscriber;
+mod task;
 mod wheel;
 
 use std::rc::Rc;
@@ -107,7 +108,7 @@ pub async fn serve_stream(tcp: TcpStream, shard: Shard) {
     let Some(subscriber) = register(tcp, &shard, opened) else {
         return;
     };
-    subscriber::run(subscriber, shard.0).await;
+    task::run(subscriber, shard.0).await;
 }
 
 /// A stream request, read and resolved, before it is registered.

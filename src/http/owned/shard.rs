@@ -28,7 +28,7 @@ use crate::http::state::AppState;
 use crate::hub::{Fanout, Hub};
 use crate::store::StoredEvent;
 
-use super::subscriber::{Rejoin, Subscriber, Written};
+use super::subscriber::{Subscriber, Written};
 use super::wheel::Wheel;
 
 /// Events the shard keeps for subscribers rejoining the live path.
@@ -334,4 +334,14 @@ async fn follow(shard: Rc<ShardInner>, mut receiver: broadcast::Receiver<Fanout>
             },
         }
     }
+}
+
+/// Where a rejoin attempt left a subscriber.
+pub(super) enum Rejoin {
+    Live,
+    /// Written from the recent events in part: the rest is in its backlog.
+    Blocked,
+    /// The recent events do not reach back to its position.
+    NeedsStore,
+    Closed,
 }

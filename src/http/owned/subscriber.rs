@@ -1,5 +1,5 @@
-//! One directly written stream: its socket, filter and position ([`Subscriber`]), and the task
-//! that serves it between deliveries ([`run`]).
+//! One directly written stream: its socket, filter and position ([`Subscriber`]), and the
+//! non-blocking and waiting writes its shard and its task ([`super::task`]) make.
 //!
 //! While the subscriber is **live**, its worker's shard writes each matching event's shared
 //! frame straight into its socket (non-blocking; see [`super::shard`]), and its task only waits
@@ -12,7 +12,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
@@ -24,10 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::filter::Filter;
 use crate::http::sse::frame_of;
 use crate::http::streams::SubscriberGauge;
-use crate::hub::REPLAY_PAGE;
-use crate::store::{HistoryQuery, Order, StoredEvent};
-
-use super::shard::ShardInner;
+use crate::store::StoredEvent;
 
 /// A stream written directly by its worker's shard.
 pub struct Subscriber {
@@ -47,7 +43,7 @@ pub struct Subscriber {
     pub(super) closed: Cell<bool>,
     pub(super) last_write: Cell<Instant>,
     /// What a blocked write left unsent, sent first by its task.
-    backlog: Cell<Bytes>,
+    pub(super) backlog: Cell<Bytes>,
     /// Its task, waiting for the socket or for the shard.
     waker: RefCell<Option<Waker>>,
     _gauge: SubscriberGauge,
@@ -168,7 +164,7 @@ impl Subscriber {
 
     /// Waits until the client closes (or sends something, which is dropped), the shard wants
     /// its task (to catch up or to close), or — with `writable` — the socket takes more bytes.
-    async fn wait(&self, writable: bool) -> Wake {
+    pub(super) async fn wait(&self, writable: bool) -> Wake {
         poll_fn(|cx| {
             if self.closed.get() {
                 return Poll::Ready(Wake::Close);
@@ -197,7 +193,7 @@ impl Subscriber {
     }
 
     /// Reads what the client sent: `false` once it has closed its side (or failed).
-    fn drain_input(&self) -> bool {
+    pub(super) fn drain_input(&self) -> bool {
         let mut scratch = [0u8; 256];
         loop {
             match self.socket.try_read(&mut scratch) {
@@ -210,7 +206,7 @@ impl Subscriber {
     }
 
     /// Sends the backlog, waiting for the socket as needed. `false` if the stream is to end.
-    async fn flush_backlog(&self) -> bool {
+    pub(super) async fn flush_backlog(&self) -> bool {
         loop {
             let mut backlog = self.backlog.take();
             if backlog.is_empty() {
@@ -238,93 +234,11 @@ impl Subscriber {
 }
 
 /// What woke a subscriber's task.
-enum Wake {
+pub(super) enum Wake {
     Readable,
     Writable,
     CatchUp,
     Close,
-}
-
-/// Serves a registered subscriber until its stream ends, then takes it out of the shard and
-/// closes the connection.
-pub(super) async fn run(subscriber: Rc<Subscriber>, shard: Rc<ShardInner>) {
-    loop {
-        match subscriber.wait(false).await {
-            Wake::Close => break,
-            Wake::Readable | Wake::Writable => {
-                if !subscriber.drain_input() {
-                    break;
-                }
-            }
-            Wake::CatchUp => {
-                // Boxed: the store read's state exists only while catching up, not in every
-                // idle stream's task.
-                if !Box::pin(catch_up(&subscriber, &shard)).await {
-                    break;
-                }
-            }
-        }
-    }
-    shard.remove(&subscriber);
-    let _ = socket2::SockRef::from(&subscriber.socket).shutdown(std::net::Shutdown::Write);
-}
-
-/// Brings a subscriber that left the live path up to date and back on it: its backlog, then
-/// pages from the store, then the shard's recent events. `false` if the stream is to end.
-async fn catch_up(subscriber: &Subscriber, shard: &ShardInner) -> bool {
-    loop {
-        if !subscriber.flush_backlog().await {
-            return false;
-        }
-        if subscriber.closed.get() {
-            return false;
-        }
-        match shard.rejoin(subscriber) {
-            Rejoin::Live => return true,
-            Rejoin::Blocked => continue,
-            Rejoin::Closed => return false,
-            Rejoin::NeedsStore => {}
-        }
-        // Every position up to `target` is committed: a complete read from here covers it.
-        let target = shard.last_fanned();
-        let page = shard
-            .state
-            .store
-            .history(HistoryQuery {
-                filter: subscriber.filter.clone(),
-                since_ms: None,
-                until_ms: None,
-                after_position: Some(subscriber.last_position.get()),
-                order: Order::Asc,
-                limit: REPLAY_PAGE,
-            })
-            .await;
-        let page = match page {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(error = %e, "an SSE stream ends: it cannot catch up from the store");
-                return false;
-            }
-        };
-        if let Some((frames, count)) = subscriber.frames_for(&page.events) {
-            metrics::counter!("cpod_events_replayed_total").increment(count as u64);
-            shard.count_delivered(count);
-            subscriber.backlog.set(frames);
-        }
-        if !page.has_more && subscriber.last_position.get() < target {
-            subscriber.last_position.set(target);
-        }
-    }
-}
-
-/// Where a rejoin attempt left a subscriber.
-pub(super) enum Rejoin {
-    Live,
-    /// Written from the recent events in part: the rest is in its backlog.
-    Blocked,
-    /// The recent events do not reach back to its position.
-    NeedsStore,
-    Closed,
 }
 
 #[cfg(test)]
