@@ -16,10 +16,10 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::event::{Event, NewEventBody};
 use crate::http::wire::{
-    AttemptView, BatchBody, CreatedKey, CreatedWebhook, DeletedWebhook, DeliveryPage, DeliveryView,
-    EventList, EventPage, Health, KeyList, KeyView, NewKeyBody, NewWebhookBody, QueuedDelivery,
-    RotatedSecret, TestResult, TicketBody, TicketRequest, TypeGlob, WebhookList, WebhookPatchBody,
-    WebhookView,
+    AttemptView, BatchBody, CloudEventSchema, CreatedKey, CreatedWebhook, DeletedWebhook,
+    DeliveryPage, DeliveryView, EventList, EventPage, Health, HistoryItem, HistoryPageSchema,
+    KeyList, KeyView, NewKeyBody, NewWebhookBody, QueuedDelivery, RotatedSecret, TestResult,
+    TicketBody, TicketRequest, TypeGlob, WebhookList, WebhookPatchBody, WebhookView,
 };
 
 #[derive(OpenApi)]
@@ -53,7 +53,7 @@ use crate::http::wire::{
         crate::http::dashboard::index,
         crate::http::dashboard::sdk,
     ),
-    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob)),
+    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob, CloudEventSchema, HistoryItem, HistoryPageSchema, cpod_proto::cloudevents::EventFormat, cpod_proto::cloudevents::ContentMode)),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]
@@ -143,7 +143,7 @@ const COMMON: &[CommonResponse] = &[
     CommonResponse {
         name: "UnsupportedMediaType",
         status: 415,
-        description: "The body is not sent as `Content-Type: application/json`",
+        description: "The body is not in a content type the endpoint takes (`application/json`; for events also CloudEvents), or a CloudEvent's data is not JSON (`param` names `datacontenttype` or `data_base64`)",
         header: None,
     },
     CommonResponse {

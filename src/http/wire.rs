@@ -192,6 +192,14 @@ pub struct NewWebhookBody {
         pattern = r"^[\x21-\x29\x2B\x2D-\x7E]+$"
     )]
     pub organization_id: Option<String>,
+    /// How deliveries are written: `cpod` (the event's JSON, the default) or `cloudevents`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub format: Option<cpod_proto::cloudevents::EventFormat>,
+    /// With `format: cloudevents` only: `structured` (the default) or `binary`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub content_mode: Option<cpod_proto::cloudevents::ContentMode>,
 }
 
 /// The body of `PATCH /v1/webhooks/{id}`: absent fields are left as they are; `null` clears
@@ -219,6 +227,14 @@ pub struct WebhookPatchBody {
     pub description: Option<Option<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// `cpod` or `cloudevents`; switching to `cpod` drops the content mode.
+    #[serde(default)]
+    #[schema(inline)]
+    pub format: Option<cpod_proto::cloudevents::EventFormat>,
+    /// `structured` or `binary`; only with `format: cloudevents` (given here or already set).
+    #[serde(default)]
+    #[schema(inline)]
+    pub content_mode: Option<cpod_proto::cloudevents::ContentMode>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -314,6 +330,72 @@ pub struct HistoryParams {
     order: Option<String>,
     /// The previous page's `nextCursor`.
     cursor: Option<String>,
+    /// `cpod` (default) or `cloudevents`: each event of the page as a structured CloudEvent.
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
+}
+
+/// The parameters of `GET /v1/events/{id}` beside the id.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventFormatParam {
+    /// `cpod` (default) or `cloudevents`: the event as a structured CloudEvent
+    /// (`application/cloudevents+json`).
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
+}
+
+// Only a schema: CloudEvents are built and read by the CloudEvents SDK (`cpod_proto::cloudevents`).
+/// A cPod event as a structured CloudEvent 1.0 (README, "CloudEvents").
+#[derive(Serialize, ToSchema)]
+#[schema(as = CloudEvent)]
+pub struct CloudEventSchema {
+    /// Always `1.0`.
+    #[schema(pattern = r"^1\.0$")]
+    specversion: String,
+    /// The event's id (a UUID) on the way out; any non-empty string on the way in (with `source`,
+    /// it identifies repeats: see `Idempotency-Key`).
+    #[schema(min_length = 1)]
+    id: String,
+    /// `/organizations/<organizationId>` or `/organizations/<organizationId>/workspaces/<workspaceId>`.
+    /// On the way in, any other source is taken as the key's organization (not for admin keys).
+    #[schema(min_length = 1)]
+    source: String,
+    /// The event type, e.g. `pod.failed`.
+    #[serde(rename = "type")]
+    #[schema(min_length = 3, max_length = 128)]
+    event_type: String,
+    /// `<resourceType>/<resourceId>`, split at the first `/`.
+    #[schema(min_length = 3)]
+    subject: String,
+    /// The broker's timestamp (RFC 3339, UTC); a producer's `time` is not kept.
+    #[schema(format = DateTime)]
+    time: Option<String>,
+    /// `application/json` (any JSON media type on the way in).
+    datacontenttype: Option<String>,
+    /// The payload: a JSON object (absent or null means `{}`).
+    #[schema(value_type = Option<Object>)]
+    data: Option<serde_json::Value>,
+}
+
+/// One item of a history page: an event, or (`format=cloudevents`) a CloudEvent. The two
+/// schemas exclude each other (an event has no `specversion`; it allows no other field).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum HistoryItem {
+    Event(Event),
+    CloudEvent(CloudEventSchema),
+}
+
+/// A page of history: events (the default) or CloudEvents (`format=cloudevents`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = HistoryPage)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPageSchema {
+    data: Vec<HistoryItem>,
+    has_more: bool,
+    next_cursor: Option<String>,
 }
 
 /// The stream filters and start (SSE).
@@ -356,6 +438,10 @@ pub struct StreamParams {
     since: Option<String>,
     /// A stream ticket, for clients that cannot send headers.
     ticket: Option<String>,
+    /// `cpod` (default) or `cloudevents`: each `data:` line a structured CloudEvent (`id:`
+    /// stays the event's id, so `Last-Event-ID` resumes as ever).
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
 }
 
 /// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
@@ -440,6 +526,8 @@ impl From<&WebhookRecord> for WebhookView {
             enabled: w.enabled,
             disabled_reason: w.disabled_reason.clone(),
             created_at: format_timestamp(w.created_ms),
+            format: w.format.event_format(),
+            content_mode: w.format.content_mode(),
         }
     }
 }

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
+use crate::cloudevents::{EncodeError, EventFormat, encode};
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
 use crate::http::QueryParams;
@@ -69,7 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get, path = "/v1/events/ws", tag = "streams",
     params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
     responses(
-        (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
+        (status = 101, description = "Switching protocols: JSON text frames, see the contract §5. A `subscribe` frame may add `\"format\": \"cloudevents\"`: its `event` frames then carry a structured CloudEvent"),
         (status = 400, description = "Not a WebSocket upgrade, or a bad query parameter", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []), ())
@@ -214,7 +215,7 @@ struct Socket {
     /// Open subscriptions: their cancellation and generation. Frames queued by a subscription
     /// that has since been cancelled (or replaced under the same id) carry an old generation
     /// and are dropped, never written after `unsubscribed`.
-    subscriptions: HashMap<String, (CancellationToken, u64)>,
+    subscriptions: HashMap<String, (CancellationToken, u64, EventFormat)>,
     generations: u64,
     outgoing: mpsc::Sender<Outgoing>,
     queued: Option<mpsc::Receiver<Outgoing>>,
@@ -283,11 +284,19 @@ impl Socket {
                     let Some(frame) = frame else { break None };
                     let text = match frame {
                         Outgoing::Event(subscription, generation, event) => {
-                            let current = self.subscriptions.get(&*subscription).map(|(_, g)| *g);
-                            if current != Some(generation) {
+                            let Some(&(_, current, format)) = self.subscriptions.get(&*subscription) else {
+                                continue;
+                            };
+                            if current != generation {
                                 continue;
                             }
-                            event_frame(&subscription, &event)
+                            match event_frame(&subscription, &event, format) {
+                                Ok(text) => text,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "a WebSocket event could not be encoded");
+                                    error_frame(Some(Value::String(subscription.to_string())), "internal", "an event could not be encoded")
+                                }
+                            }
                         }
                         Outgoing::Text(text) => text,
                     };
@@ -410,13 +419,14 @@ impl Socket {
             ));
         }
         let (filter, resume) = parse_subscription(&principal, request)?;
+        let format = parse_subscription_format(request)?;
         let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
         let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
         let cancel = self.closing.child_token();
         self.generations += 1;
         let generation = self.generations;
         self.subscriptions
-            .insert(id.clone(), (cancel.clone(), generation));
+            .insert(id.clone(), (cancel.clone(), generation, format));
         let mut answers = vec![json!({"op": "subscribed", "id": id}).to_string()];
         if reset.is_some() {
             answers.push(
@@ -440,7 +450,7 @@ impl Socket {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid("id", "unsubscribe needs the subscription's id"))?;
-        let (cancel, _) = self
+        let (cancel, _, _) = self
             .subscriptions
             .remove(id)
             .ok_or_else(|| ApiError::NotFound(format!("no subscription `{id}` on this socket")))?;
@@ -623,11 +633,31 @@ async fn run_subscription(
     }
 }
 
-/// `{"op":"event","subscription":"s1","event":{…}}`, splicing the event's stored JSON in.
-fn event_frame(subscription: &str, event: &StoredEvent) -> String {
-    let json = std::str::from_utf8(&event.json).expect("stored JSON is UTF-8");
+/// `{"op":"event","subscription":"s1","event":{…}}`, splicing the event in, in the
+/// subscription's format (the stored JSON, or a structured CloudEvent).
+fn event_frame(
+    subscription: &str,
+    event: &StoredEvent,
+    format: EventFormat,
+) -> Result<String, EncodeError> {
+    let data = encode(&event.json, format)?;
+    let json = std::str::from_utf8(&data).expect("event JSON is UTF-8");
     let id = serde_json::to_string(subscription).expect("a string serializes");
-    format!("{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}")
+    Ok(format!(
+        "{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}"
+    ))
+}
+
+/// A subscribe frame's `format`: `cpod` (absent or null) or `cloudevents`.
+pub fn parse_subscription_format(request: &Value) -> Result<EventFormat, ApiError> {
+    match request.get("format") {
+        None | Some(Value::Null) => Ok(EventFormat::Cpod),
+        Some(Value::String(raw)) => crate::http::cloudevents::parse_format(raw),
+        Some(_) => Err(ApiError::invalid(
+            "format",
+            format!("format must be {}", EventFormat::NAMES),
+        )),
+    }
 }
 
 pub fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
@@ -835,7 +865,8 @@ mod tests {
             json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
             sse: Default::default(),
         };
-        let frame: Value = serde_json::from_str(&event_frame("s\"1", &event)).unwrap();
+        let frame: Value =
+            serde_json::from_str(&event_frame("s\"1", &event, EventFormat::Cpod).unwrap()).unwrap();
         assert_eq!(
             frame,
             json!({"op": "event", "subscription": "s\"1", "event": {"id": "x"}})

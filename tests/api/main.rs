@@ -2,6 +2,7 @@
 
 mod cli;
 mod clock;
+mod cloudevents;
 mod dashboard;
 mod demo;
 mod disk_full;

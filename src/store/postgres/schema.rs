@@ -124,6 +124,11 @@ const MIGRATIONS: &[&str] = &[
         updated_ms bigint           NOT NULL
     );
     "#,
+    // 3: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // `cloudevents-binary`.
+    r#"
+    ALTER TABLE webhooks ADD COLUMN delivery_format text NOT NULL DEFAULT 'cpod';
+    "#,
 ];
 
 /// Brings the schema up to date. Holds the migration lock for the whole run, so concurrent

@@ -108,6 +108,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN lease_owner BLOB;
     ALTER TABLE deliveries ADD COLUMN lease_until_ms INTEGER;
     "#,
+    // 5: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // `cloudevents-binary`.
+    r#"
+    ALTER TABLE webhooks ADD COLUMN delivery_format TEXT NOT NULL DEFAULT 'cpod';
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.
