@@ -246,7 +246,12 @@ pub fn parse_binary(req: &HttpRequest, body: &Bytes) -> Result<CloudEventDraft, 
             ));
         }
     }
-    let cloudevent = to_event(headers, body.to_vec())
+    // actix-http's header names and values are http 0.2's: the SDK reads them as they are.
+    let mut map = http02::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers.iter() {
+        map.append(name.clone(), value.clone());
+    }
+    let cloudevent = to_event(&map, body.to_vec())
         .map_err(|e| ApiError::invalid_body(format!("not a CloudEvent: {e}")))?;
     draft_of(&cloudevent, true).map_err(|r| refusal_error(r, None))
 }
