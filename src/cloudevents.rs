@@ -16,11 +16,14 @@ pub use cpod_proto::cloudevents::{
     BATCH_MEDIA_TYPE, CloudEventError, ContentMode, EventFormat, SPEC_VERSION,
     STRUCTURED_MEDIA_TYPE, Source, is_json_media_type,
 };
-use cpod_proto::cloudevents::{json_data, parse_source, split_subject, to_cloudevent};
+use cpod_proto::cloudevents::{
+    extension_text, json_data, parse_source, split_subject, to_cloudevent,
+};
 
 use crate::event::{
     Event, EventDraft, EventType, FieldError, OrganizationId, ResourceId, ResourceType, WorkspaceId,
 };
+use crate::trace_context::TraceContext;
 
 /// A stored event's JSON that does not read back as an event: a broken invariant, never input.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,11 @@ pub fn binary_message(json: &Bytes) -> Result<BinaryMessage, EncodeError> {
     let cloudevent = to_cloudevent(&event);
     let mut headers = Vec::new();
     for (name, value) in cloudevent.iter() {
+        // The distributed-tracing extension travels as the `traceparent`/`tracestate` HTTP
+        // headers in binary mode (the webhook worker writes them), never as `ce-*` headers.
+        if matches!(name, "traceparent" | "tracestate") {
+            continue;
+        }
         let text = match value {
             // RFC 3339 with `Z`, as the event's own timestamp is written.
             cloudevents::event::AttributeValue::Time(time) => {
@@ -129,6 +137,10 @@ pub struct CloudEventDraft {
     /// What a repeat must carry to be the same request: SHA-256 of source, id, type, subject
     /// and data (the attributes kept), whichever mode it came in.
     pub content_hash: [u8; 32],
+    /// Its distributed-tracing extension attributes (`traceparent`, `tracestate`) read by the
+    /// W3C rules: an invalid `traceparent` means none (ignored, never refused, as for the
+    /// headers), an invalid `tracestate` is dropped. The request's headers win over it.
+    pub trace: Option<TraceContext>,
 }
 
 /// Reads a parsed CloudEvent into an event draft. `percent_encoded` says its attributes came
@@ -196,6 +208,12 @@ pub fn draft_of(
         "datacontenttype" => Refusal::Unsupported(e),
         _ => Refusal::Invalid(e),
     })?;
+    let traceparent = extension_text(cloudevent, "traceparent");
+    let tracestate = extension_text(cloudevent, "tracestate");
+    let (trace, _ignored) = TraceContext::from_headers(
+        traceparent.as_deref().as_slice(),
+        tracestate.as_deref().as_slice(),
+    );
     let content = json!([source, id, event_type.as_str(), subject, payload]);
     let content_hash =
         Sha256::digest(serde_json::to_vec(&content).expect("JSON serializes")).into();
@@ -212,6 +230,7 @@ pub fn draft_of(
         source,
         id,
         content_hash,
+        trace,
     })
 }
 

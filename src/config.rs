@@ -150,6 +150,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CPOD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// An OpenTelemetry collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`: the
+    /// broker's spans (ingest, commit, fan-out, webhook attempt) are exported to its
+    /// `/v1/traces` (protobuf), in batches, flushed at shutdown. Unset: no exporter.
+    #[arg(long, env = "CPOD_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<url::Url>,
+
     /// Demo mode: make a demo organization with keys (printed at start-up) and emit a steady
     /// stream of realistic platform activity into it.
     #[arg(long, env = "CPOD_DEMO")]
@@ -257,6 +263,19 @@ fn parse_admin_key(raw: &str) -> Result<String, String> {
     }
 }
 
+fn parse_otlp_endpoint(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL, e.g. http://127.0.0.1:4318".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "must be a base URL without query or fragment (`/v1/traces` is appended)".into(),
+        );
+    }
+    Ok(url)
+}
+
 fn parse_node_id(raw: &str) -> Result<String, String> {
     let fits = |b: u8| b.is_ascii_alphanumeric() || b".-_:".contains(&b);
     if (1..=64).contains(&raw.len()) && raw.bytes().all(fits) {
@@ -303,6 +322,7 @@ mod tests {
         assert_eq!(config.body_memory, 256 * 1024 * 1024);
         assert!(!config.demo);
         assert_eq!(config.demo_rate, 5.0);
+        assert_eq!(config.otlp_endpoint, None);
         assert_eq!(
             config.database_url,
             DatabaseUrl::Sqlite("./data/cpod-events.db".into())
@@ -361,6 +381,24 @@ mod tests {
         ] {
             let message = parse(&["--database-url", bad]).unwrap_err().to_string();
             assert!(message.contains("--database-url"), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_an_http_base_url() {
+        let config = parse(&["--otlp-endpoint", "http://127.0.0.1:4318"]).unwrap();
+        assert_eq!(
+            config.otlp_endpoint.unwrap().as_str(),
+            "http://127.0.0.1:4318/"
+        );
+        for bad in [
+            "127.0.0.1:4318",
+            "grpc://collector:4317",
+            "http://h:4318/?x=1",
+            "soon",
+        ] {
+            let message = parse(&["--otlp-endpoint", bad]).unwrap_err().to_string();
+            assert!(message.contains("--otlp-endpoint"), "{bad}: {message}");
         }
     }
 

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::trace_context::TraceContext;
+
 /// The wire form itself, the type length bound and the refusal of a field are shared with every
 /// client (`cpod-proto`).
 pub use cpod_proto::error::FieldError;
@@ -187,13 +189,18 @@ pub struct NewEvent {
     pub resource_type: ResourceType,
     pub organization_id: OrganizationId,
     pub workspace_id: Option<WorkspaceId>,
+    /// The W3C trace context stored with the event (and written into its JSON), if any.
+    pub trace: Option<TraceContext>,
     template: Vec<u8>,
+    /// Where the timestamp placeholder ends in `template`.
+    timestamp_end: usize,
 }
 
 /// `{"id":"` precedes the id in the wire JSON.
 const ID_OFFSET: usize = 7;
 const ID_LEN: usize = 36;
-/// The timestamp is the last field: `…"timestamp":"2026-05-01T12:00:00.123Z"}`.
+/// The timestamp is the last field but the optional trace fields:
+/// `…"timestamp":"2026-05-01T12:00:00.123Z"}`.
 const TIMESTAMP_LEN: usize = 24;
 const TIMESTAMP_TAIL: usize = 2;
 
@@ -343,8 +350,31 @@ impl NewEvent {
             resource_type,
             organization_id,
             workspace_id,
+            trace: None,
+            timestamp_end: template.len() - TIMESTAMP_TAIL,
             template,
         }
+    }
+
+    /// The event with a trace context: `traceparent` and `tracestate` (when there is one) are
+    /// appended to its JSON after the timestamp, in the order of [`Event`]'s fields.
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        let closing = self.template.pop();
+        debug_assert_eq!(closing, Some(b'}'));
+        let traceparent = trace.parent.to_string();
+        let mut field = |name: &str, value: &str| {
+            self.template.extend_from_slice(b",\"");
+            self.template.extend_from_slice(name.as_bytes());
+            self.template.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut self.template, value).expect("a string serializes");
+        };
+        field("traceparent", &traceparent);
+        if let Some(state) = &trace.state {
+            field("tracestate", state.as_str());
+        }
+        self.template.push(b'}');
+        self.trace = Some(trace);
+        self
     }
 
     /// The size of the event's wire JSON in bytes.
@@ -360,7 +390,7 @@ impl NewEvent {
         json[ID_OFFSET..ID_OFFSET + ID_LEN].copy_from_slice(id_text.as_bytes());
         let timestamp = format_timestamp(unix_ms);
         debug_assert_eq!(timestamp.len(), TIMESTAMP_LEN);
-        let end = json.len() - TIMESTAMP_TAIL;
+        let end = self.timestamp_end;
         json[end - TIMESTAMP_LEN..end].copy_from_slice(timestamp.as_bytes());
         json
     }
@@ -493,16 +523,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_wire_json_has_the_contract_shape() {
-        let event = NewEvent::new(
+    /// A `pod.failed` event of `org-1` with this payload.
+    fn pod_failed(payload: Value) -> NewEvent {
+        NewEvent::new(
             EventType::parse("pod.failed").unwrap(),
             ResourceId::parse("pod-7f9c").unwrap(),
             ResourceType::parse("pod").unwrap(),
             OrganizationId::parse("org-1").unwrap(),
             None,
-            json!({"b": 1, "a": 2}).as_object().unwrap(),
-        );
+            payload.as_object().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_wire_json_has_the_contract_shape() {
+        let event = pod_failed(json!({"b": 1, "a": 2}));
         let id = Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap();
         let json = String::from_utf8(event.stamp(&id, 1_777_636_800_123)).unwrap();
         assert_eq!(json.len(), event.json_len());
@@ -526,6 +561,27 @@ mod tests {
         assert_eq!(parsed.id, id.to_string());
         assert_eq!(parsed.resource_id, "quote\"back\\slash");
         assert_eq!(parsed.timestamp, "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_traced_event_carries_its_context_after_the_timestamp() {
+        let trace = crate::trace_context::TraceContext::from_headers(
+            &["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+            &["v=\"q\\"],
+        )
+        .0
+        .unwrap();
+        let event = pod_failed(json!({"a": 1})).with_trace(trace.clone());
+        let id = Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap();
+        let json = String::from_utf8(event.stamp(&id, 1_777_636_800_123)).unwrap();
+        assert_eq!(json.len(), event.json_len());
+        assert_eq!(
+            json,
+            r#"{"id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60","type":"pod.failed","resourceId":"pod-7f9c","resourceType":"pod","organizationId":"org-1","workspaceId":null,"payload":{"a":1},"timestamp":"2026-05-01T12:00:00.123Z","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"v=\"q\\"}"#
+        );
+        let parsed: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed.tracestate.as_deref(), Some("v=\"q\\"));
+        assert_eq!(event.trace, Some(trace));
     }
 
     /// Found by `fuzz/event_json`: serde_json's default float parser may land one unit off the

@@ -49,6 +49,17 @@ pub const CHANNEL_CAPACITY: usize = 1024;
 pub const REPLAY_PAGE: usize = 500;
 /// At most this many live events are handed to a transport at once (one socket write).
 pub const LIVE_BATCH: usize = 64;
+/// Messages retained for the worker shards of the direct-write stream path
+/// (`crate::http::owned`), each a commit group or a revocation.
+pub const SHARD_CHANNEL_CAPACITY: usize = 1024;
+
+/// What the hub tells the worker shards that write streams directly (`crate::http::owned`):
+/// every committed group, in position order, and every revoked key.
+#[derive(Clone)]
+pub enum Fanout {
+    Events(Arc<[Arc<StoredEvent>]>),
+    Revoked(Uuid),
+}
 
 /// A cheap-clone handle on the fan-out.
 #[derive(Clone)]
@@ -61,6 +72,8 @@ struct Inner {
     organizations: DashMap<String, broadcast::Sender<Arc<StoredEvent>>>,
     everything: broadcast::Sender<Arc<StoredEvent>>,
     last_published: AtomicI64,
+    /// Every group and revocation, for the direct-write shards.
+    shards: broadcast::Sender<Fanout>,
     /// The broker's shutdown token: the parent of every key's token.
     shutdown: CancellationToken,
     /// One token per key that has opened a stream, cancelled when the key is revoked. Revoked
@@ -84,6 +97,7 @@ impl Hub {
                 organizations: DashMap::new(),
                 everything: broadcast::channel(capacity).0,
                 last_published: AtomicI64::new(position),
+                shards: broadcast::channel(SHARD_CHANNEL_CAPACITY).0,
                 shutdown,
                 keys: DashMap::new(),
             }),
@@ -107,6 +121,9 @@ impl Hub {
         self.inner
             .last_published
             .store(last.position, Ordering::Release);
+        if self.inner.shards.receiver_count() > 0 {
+            let _ = self.inner.shards.send(Fanout::Events(events.into()));
+        }
         let everyone = self.inner.everything.receiver_count() > 0;
         for event in events {
             if let Some(channel) = self.inner.organizations.get(&event.organization_id) {
@@ -131,7 +148,18 @@ impl Hub {
 
     /// Ends every stream opened with this key.
     pub fn revoke(&self, key_id: Uuid) {
+        // Cancelled before the shards hear of it: a shard stream that checked the token before
+        // this is registered before the shard reads the message.
         self.key_token(key_id).cancel();
+        let _ = self.inner.shards.send(Fanout::Revoked(key_id));
+    }
+
+    /// A receiver of every group and revocation from now on, and the last position published
+    /// before it listened: every position after that one arrives on the receiver (the writer
+    /// advances the position before sending, see the invariant).
+    pub fn subscribe_shard(&self) -> (broadcast::Receiver<Fanout>, i64) {
+        let receiver = self.inner.shards.subscribe();
+        (receiver, self.last_published())
     }
 
     /// The last position published so far.
@@ -204,7 +232,7 @@ pub async fn run(hub: Hub, mut feed: FeedReader, store: Store, shutdown: Cancell
                 }
             }
         };
-        hub.publish(&commit.events);
+        crate::spans::fan_out(&commit.events, |events| hub.publish(events));
         for change in &commit.changes {
             match change {
                 Change::KeyRevoked(key) => hub.revoke(*key),

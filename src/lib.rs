@@ -10,7 +10,8 @@
 //!    draft), [`keys`] (keys, roles, the
 //!    credential events a key's life leaves), [`tickets`] (signed, expiring stream tickets),
 //!    [`error`] (the one error type, mapped to the contract's JSON in one place), [`shutdown`]
-//!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables).
+//!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables),
+//!    [`trace_context`] (W3C `traceparent`/`tracestate`, parsed by the spec's rules).
 //! 2. **Storage** — [`store`]: the only place anything durable lives, used through domain
 //!    operations (append a group of events with their idempotency records and webhook
 //!    deliveries, history, reads after a position, keys, webhook endpoints and their leased
@@ -23,12 +24,15 @@
 //!    `Subscription`), [`auth`] (the key cache, evicted by revocations from the feed; the per-key
 //!    rate limit), [`webhooks`] (signed delivery from the durable queue, woken by the feed;
 //!    signing; the SSRF guard), [`retention`] (pruning), [`cluster`] (this node's heartbeat,
-//!    `cpod_cluster_nodes`, `cpod_feed_lag_seconds`), [`telemetry`] (logs, Prometheus).
+//!    `cpod_cluster_nodes`, `cpod_feed_lag_seconds`), [`telemetry`] (logs, Prometheus),
+//!    [`spans`] (the broker's spans along an event's path — ingest, commit, fan-out, webhook
+//!    attempt — continuing the event's trace context, and their OTLP export).
 //! 4. **Edges** — [`http`] (`AppState` and the `Principal` extractor in `http::state`; the body
 //!    and response types in `http::wire`, which are also the OpenAPI schemas; one module per
 //!    area: `ingest`, `history`, `keys`, `sse`, `ws`, `streams`, `webhooks`, `ops`, `dashboard`;
 //!    `bodies` and `connection` for what a request and a connection may cost), [`openapi`] (the
-//!    document, read from the handlers), [`cli`] (the command-line client, on the SDK crate
+//!    document, read from the handlers), [`asyncapi`] (the streams, the WebSocket protocol and
+//!    webhooks as an AsyncAPI document, on the OpenAPI document's schemas), [`cli`] (the command-line client, on the SDK crate
 //!    `cpod-sdk`), [`demo`] (`serve --demo`).
 //! 5. **Assembly** — [`startup`] builds the application from the configuration, runs it, and on
 //!    shutdown joins every task it spawned before it closes the store; `main.rs` calls it.
@@ -43,6 +47,7 @@
 //! → `store::feed` → `hub` → `http::sse` / `http::ws`; `http::history` and a resuming stream read
 //! the store.
 
+pub mod asyncapi;
 pub mod auth;
 pub mod cli;
 pub mod cloudevents;
@@ -58,8 +63,10 @@ pub mod keys;
 pub mod openapi;
 pub mod retention;
 pub mod shutdown;
+pub mod spans;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;
+pub mod trace_context;
 pub mod webhooks;

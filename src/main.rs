@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::Parser;
 use cpod_events::config::{Cli, Command};
 use cpod_events::shutdown::cancel_on_signal;
+use cpod_events::spans::SpanExport;
 use cpod_events::startup::Application;
 
 #[tokio::main]
@@ -23,8 +24,21 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(config) => config,
         Command::Client(command) => return cpod_events::cli::run(command).await,
     };
-    cpod_events::telemetry::init_logs(config.log_format == "json");
-    match run(config).await {
+    // Made before the log subscriber, whose layer it is; flushed by the application at stop.
+    let spans = match config
+        .otlp_endpoint
+        .as_ref()
+        .map(SpanExport::start)
+        .transpose()
+    {
+        Ok(spans) => spans,
+        Err(e) => {
+            eprintln!("cpod-events: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    cpod_events::telemetry::init_logs(config.log_format == "json", spans.as_ref());
+    match run(config, spans).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cpod-events: {e:#}");
@@ -33,10 +47,13 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: cpod_events::config::ServeConfig) -> anyhow::Result<()> {
+async fn run(
+    config: cpod_events::config::ServeConfig,
+    spans: Option<SpanExport>,
+) -> anyhow::Result<()> {
     cpod_events::startup::raise_open_file_limit();
     let demo = config.demo.then_some(config.demo_rate);
-    let app = Application::build(config).await?;
+    let app = Application::build(config).await?.exporting_spans(spans);
     let url = format!("http://{}", app.address());
     println!("cPod Events {}", env!("CARGO_PKG_VERSION"));
     match app.generated_admin_key() {

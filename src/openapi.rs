@@ -15,12 +15,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::event::{Event, NewEventBody};
+use crate::http::wire::frames::{ClientFrame, ServerFrame, SseReset};
 use crate::http::wire::{
-    AttemptView, BatchBody, CloudEventSchema, CreatedKey, CreatedWebhook, DeletedWebhook,
-    DeliveryPage, DeliveryView, EventList, EventPage, Health, HistoryItem, HistoryPageSchema,
-    KeyList, KeyView, NewKeyBody, NewWebhookBody, QueuedDelivery, RotatedSecret, TestResult,
-    TicketBody, TicketRequest, TypeGlob, WebhookList, WebhookPatchBody, WebhookView,
+    AttemptView, BatchBody, CreatedKey, CreatedWebhook, DeletedWebhook, DeliveryPage, DeliveryView,
+    EventList, EventPage, Health, HistoryItem, HistoryPageSchema, KeyList, KeyView, NewKeyBody,
+    NewWebhookBody, QueuedDelivery, RotatedSecret, TestResult, TicketBody, TicketRequest, TypeGlob,
+    WebhookList, WebhookPatchBody, WebhookView,
 };
+use cpod_proto::CloudEvent;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,10 +52,11 @@ use crate::http::wire::{
         crate::http::ops::readyz,
         crate::http::ops::metrics,
         crate::http::ops::openapi_json,
+        crate::http::ops::asyncapi_json,
         crate::http::dashboard::index,
         crate::http::dashboard::sdk,
     ),
-    components(schemas(Event, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob, CloudEventSchema, HistoryItem, HistoryPageSchema, cpod_proto::cloudevents::EventFormat, cpod_proto::cloudevents::ContentMode)),
+    components(schemas(Event, CloudEvent, ClientFrame, ServerFrame, SseReset, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob, HistoryItem, HistoryPageSchema, cpod_proto::cloudevents::EventFormat, cpod_proto::cloudevents::ContentMode)),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]

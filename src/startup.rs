@@ -3,7 +3,7 @@
 //! [`Application::build`] opens the store, installs the admin key, binds the listener (port 0
 //! works) and wires the routes; [`Application::run_until_stopped`] serves until the shutdown
 //! token is cancelled, then stops accepting, lets in-flight requests finish, flushes the store
-//! and returns.
+//! and the span exporter (when there is one), and returns.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::http::state::{AppState, Limits};
 use crate::hub::Hub;
 use crate::keys::{KeyRecord, NewKey, Role, generate_key, hash_secret};
 use crate::shutdown::Drain;
+use crate::spans::SpanExport;
 use crate::store::{Backend, Clock, Store, StoreConfig};
 use crate::webhooks::WebhookSettings;
 use crate::webhooks::worker::Deliverer;
@@ -51,6 +52,8 @@ pub struct Application {
     node: crate::cluster::Node,
     /// Everything spawned that runs until shutdown: joined before the store closes.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// The span exporter, flushed last.
+    spans: Option<SpanExport>,
 }
 
 impl Application {
@@ -168,6 +171,7 @@ impl Application {
                 BodyBudget::per_key_share(body_memory, config.max_body_bytes as usize),
             ),
             openapi: crate::openapi::document(),
+            asyncapi: crate::asyncapi::document(),
             deliverer,
         });
 
@@ -187,6 +191,7 @@ impl Application {
                 workers,
                 shutdown_timeout: Duration::from_secs(RESPONSE_TIMEOUT_SECS),
                 shutdown: stopping.clone(),
+                streams: Some(state.clone()),
             },
             move || {
                 App::new()
@@ -230,7 +235,16 @@ impl Application {
             generated_admin_key,
             node,
             tasks,
+            spans: None,
         })
+    }
+
+    /// Hands the span exporter (made with the log subscriber, whose layer it is) to the
+    /// application, which flushes and stops it after everything else has stopped, so that the
+    /// spans of the last requests and webhook attempts are exported.
+    pub fn exporting_spans(mut self, spans: Option<SpanExport>) -> Self {
+        self.spans = spans;
+        self
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -269,6 +283,7 @@ impl Application {
             store,
             shutdown,
             tasks,
+            spans,
             ..
         } = self;
         let stopper = {
@@ -294,6 +309,10 @@ impl Application {
             }
         }
         store.close().await;
+        if let Some(spans) = spans {
+            // Blocks while it exports: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
+        }
         served.context("the HTTP server failed")
     }
 }

@@ -1,4 +1,5 @@
-//! Logs and metrics: the `tracing` subscriber, the process-wide Prometheus recorder and the
+//! Logs and metrics: the `tracing` subscriber (with the span exporter's layer when there is
+//! one, `crate::spans`), the process-wide Prometheus recorder and the
 //! middleware that counts HTTP requests by route pattern (never by raw path or query, which
 //! could carry ids or credentials).
 
@@ -10,14 +11,32 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::spans::SpanExport;
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`), text or JSON lines.
 /// Requests refused by actix-http before any handler (malformed HTTP) are logged at debug and
 /// counted ([`ProtocolErrors`]), not at ERROR: any client could flood the log with them.
-pub fn init_logs(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// With `spans`, the broker's spans (`crate::spans`) are also exported, whatever `RUST_LOG`
+/// says of them.
+pub fn init_logs(json: bool, spans: Option<&SpanExport>) {
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if spans.is_some() {
+        // At least info (the spans' level) for the spans' target, and as verbose as the log
+        // is anywhere (so that `RUST_LOG=debug` still shows its debug lines).
+        let level = filter
+            .max_level_hint()
+            .unwrap_or(LevelFilter::INFO)
+            .max(LevelFilter::INFO);
+        filter = filter.add_directive(
+            format!("{}={level}", crate::spans::TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     let format = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr);
@@ -27,6 +46,7 @@ pub fn init_logs(json: bool) {
         Box::new(format)
     };
     let _ = tracing_subscriber::registry()
+        .with(spans.map(SpanExport::layer))
         .with(filter)
         .with(ProtocolErrors)
         .with(format)
@@ -129,16 +149,28 @@ pub async fn record_request(
         Ok(response) => response.status(),
         Err(error) => error.as_response_error().status_code(),
     };
+    count_request(method, route, status.as_u16(), started.elapsed());
+    result
+}
+
+/// Counts and times one request (also for the streams served below actix-web,
+/// `crate::http::owned`).
+pub fn count_request(
+    method: &'static str,
+    route: impl Into<String>,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    let route: String = route.into();
     metrics::counter!(
         "cpod_http_requests_total",
         "method" => method,
         "route" => route.clone(),
-        "status" => status.as_u16().to_string()
+        "status" => status.to_string()
     )
     .increment(1);
     metrics::histogram!("cpod_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    result
+        .record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

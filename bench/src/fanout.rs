@@ -535,7 +535,23 @@ impl Publisher {
         if let Some(auth) = &self.endpoint.publish_auth {
             request = request.header("authorization", auth);
         }
-        let mut request = request.body(Full::new(body))?;
+        let status = self.send(request.body(Full::new(body))?).await?;
+        Ok(status.is_success())
+    }
+
+    /// GETs `path` (e.g. to keep the connection from its idle timeout); answers the status.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<hyper::StatusCode> {
+        let request = Request::get(path)
+            .header("host", &self.endpoint.authority)
+            .body(Full::new(Bytes::new()))?;
+        self.send(request).await
+    }
+
+    /// Sends one request and reads its whole answer.
+    async fn send(
+        &mut self,
+        mut request: Request<Full<Bytes>>,
+    ) -> anyhow::Result<hyper::StatusCode> {
         // hyper can find the connection not ready yet right after a large response; the
         // request is then handed back unsent, and sent again once it is.
         let response = loop {
@@ -553,7 +569,7 @@ impl Publisher {
         };
         let status = response.status();
         response.into_body().collect().await?;
-        Ok(status.is_success())
+        Ok(status)
     }
 
     pub async fn publish(&mut self, body: Bytes) -> anyhow::Result<bool> {
@@ -963,6 +979,8 @@ mod tests {
                 .cloned()
                 .unwrap(),
             timestamp: "2026-11-28T22:31:40.717Z".into(),
+            traceparent: None,
+            tracestate: None,
         })
         .unwrap();
         let nchan = br#"{"type":"custom.bench","resourceId":"bench","resourceType":"bench","payload":{"seq":7,"sentUs":99,"filler":"xx"}}"#;

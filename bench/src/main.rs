@@ -7,8 +7,9 @@
 //! percentiles, the broker's CPU time per 1,000 events (from /proc, when it started the broker),
 //! and checks that every acknowledged event is in history.
 //!
-//! `cpod-bench fanout` and `cpod-bench webhooks` measure live delivery; `cpod-bench compare`
-//! runs our broker and nchan side by side (see `compare`).
+//! `cpod-bench fanout` and `cpod-bench webhooks` measure live delivery; `cpod-bench idle` holds
+//! many idle SSE subscribers (100,000 by default) on one broker (see `idle`); `cpod-bench
+//! compare` runs our broker and nchan side by side (see `compare`).
 
 /// mimalloc: glibc's allocator contends on its arena locks when the writer thread allocates
 /// what HTTP workers free (measured in BENCHMARKS.md).
@@ -29,6 +30,7 @@ mod charts;
 mod cluster;
 mod compare;
 mod fanout;
+mod idle;
 mod peer;
 mod solo;
 mod table;
@@ -54,6 +56,11 @@ enum Scenario {
     Cluster(cluster::ClusterArgs),
     /// Our broker and nchan side by side, every scenario on both; writes bench/results/.
     Compare(compare::CompareArgs),
+    /// Many idle SSE subscribers on one broker: its memory, and one event to all of them.
+    Idle(idle::IdleArgs),
+    /// One of `idle`'s client processes (started by it).
+    #[command(hide = true)]
+    IdleClient(idle::ClientArgs),
 }
 
 /// Which broker to drive: a fresh one started by this tool, or `--url`.
@@ -104,6 +111,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Webhooks(args) => webhooks::run(args).await,
         Scenario::Compare(args) => compare::run(args).await,
         Scenario::Cluster(args) => cluster::run(args).await,
+        Scenario::Idle(args) => idle::run(args).await,
+        Scenario::IdleClient(args) => idle::client(args).await,
     }
 }
 

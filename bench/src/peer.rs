@@ -227,6 +227,16 @@ impl Peer {
             .sum()
     }
 
+    /// Descriptors open in the root process (all of our broker; nginx's master only) and its
+    /// soft open-file limit, from `/proc`.
+    pub fn open_files(&self) -> Option<(u64, u64)> {
+        let open = std::fs::read_dir(format!("/proc/{}/fd", self.root_pid))
+            .ok()?
+            .count() as u64;
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.root_pid)).ok()?;
+        Some((open, soft_open_file_limit(&limits)?))
+    }
+
     /// The root process and, for nginx, its workers.
     fn processes(&self) -> Vec<u32> {
         let mut pids = vec![self.root_pid];
@@ -290,6 +300,17 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The soft limit of `Max open files` in a `/proc/<pid>/limits`.
+fn soft_open_file_limit(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Direct children of a process, from `/proc/*/stat`.
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -307,4 +328,23 @@ fn children_of(parent: u32) -> Vec<u32> {
                 == Some(parent)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             unlimited            unlimited            processes \n\
+                      Max open files            20000                40000                files     \n";
+        assert_eq!(soft_open_file_limit(limits), Some(20000));
+        assert_eq!(
+            soft_open_file_limit("Max open files  unlimited  unlimited  files"),
+            None
+        );
+        let own = std::fs::read_to_string("/proc/self/limits").unwrap();
+        assert!(soft_open_file_limit(&own).is_some_and(|l| l > 0));
+    }
 }

@@ -5,7 +5,8 @@
 //! - a slow subscriber beside fast ones: the fast ones' latency with and without slow consumers
 //!   that stop reading, the server's peak memory, and whether the slow ones, once they read
 //!   again, get every event in order;
-//! - many idle subscribers (default 10,000): memory per connection, and one delivery to all.
+//! - many idle subscribers (default 100,000, over several client processes; see `idle`) on a
+//!   fresh broker: memory per connection, the time to open them, and one delivery to all.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -20,10 +21,11 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::BrokerArgs;
 use super::fanout::{
-    self, FanoutFigures, FanoutSpec, Percentiles, Publisher, Publishing, Tally, Transport,
-    open_subscribers_held, sse_lines,
+    self, Percentiles, Publisher, Publishing, Tally, Transport, open_subscribers_held, sse_lines,
 };
+use super::idle::{self, IdleFigures};
 use super::peer::Peer;
 use super::table::number;
 
@@ -66,18 +68,11 @@ pub struct SlowFigures {
     pub slow_out_of_order: u64,
 }
 
-#[derive(Serialize)]
-pub struct IdleFigures {
-    pub subscribers: usize,
-    pub figures: FanoutFigures,
-}
-
 impl SoloFigures {
     /// Missed, duplicated and out-of-order deliveries in every solo scenario.
     pub fn faults(&self) -> u64 {
         let r = &self.replay;
         let s = &self.slow_subscriber;
-        let i = &self.idle.figures;
         r.missed
             + r.duplicated
             + r.out_of_order
@@ -85,9 +80,7 @@ impl SoloFigures {
             + s.slow_missed
             + s.slow_duplicated
             + s.slow_out_of_order
-            + i.missed
-            + i.duplicated
-            + i.out_of_order
+            + self.idle.faults()
     }
 
     pub fn markdown(&self) -> String {
@@ -134,21 +127,35 @@ impl SoloFigures {
         let i = &self.idle;
         let _ = writeln!(
             md,
-            "- **{} idle SSE subscribers**: {:.1} KB RSS per subscriber ({:.0} MiB in all); an \
-             event to all of them: p50 / p99 {:.1} / {:.1} ms, missed {} / duplicated {}.",
+            "- **{} idle SSE subscribers** requested, {} held (over {} client processes and {} \
+             source addresses, opened in {:.1} s): {:.2} KB RSS each ({:.0} MiB in all); one event \
+             to all of them: p50 / p99 / max {:.1} / {:.1} / {:.1} ms, missed {} / duplicated {}.",
+            number(i.requested as f64),
             number(i.subscribers as f64),
-            i.figures.rss_kb_per_idle_subscriber.unwrap_or(f64::NAN),
-            i.figures.rss_idle_mib.unwrap_or(f64::NAN),
-            i.figures.latency_ms.p50,
-            i.figures.latency_ms.p99,
-            i.figures.missed,
-            i.figures.duplicated
+            i.client_processes,
+            number(i.source_addresses as f64),
+            i.opening_seconds,
+            i.kb_per_subscriber.unwrap_or(f64::NAN),
+            i.rss_mib.unwrap_or(f64::NAN),
+            i.delivery_ms.p50,
+            i.delivery_ms.p99,
+            i.delivery_ms.max,
+            i.missed,
+            i.duplicated
         );
+        if let Some(shortfall) = &i.shortfall {
+            let _ = writeln!(md, "  **Limit:** {shortfall}.");
+        }
         md
     }
 }
 
-pub async fn run(peer: &Peer, replay_events: u64, idle: usize) -> anyhow::Result<SoloFigures> {
+pub async fn run(
+    peer: &Peer,
+    broker: &BrokerArgs,
+    replay_events: u64,
+    idle: usize,
+) -> anyhow::Result<SoloFigures> {
     let replay = replay(peer, replay_events).await.context("replay")?;
     println!(
         "   replay: {} events back, first after {:.1} ms, {:.0} events/s, missed {} dup {} order {}",
@@ -170,34 +177,32 @@ pub async fn run(peer: &Peer, replay_events: u64, idle: usize) -> anyhow::Result
         slow_subscriber.slow_duplicated,
         slow_subscriber.slow_out_of_order
     );
-    let figures = fanout::measure(
-        &peer.endpoint,
-        Some(peer),
-        &FanoutSpec {
-            subscribers: idle,
-            transport: Transport::Sse,
-            rate: 5.0,
-            duration: Duration::from_secs(2),
-            event_bytes: 300,
-            publishers: 1,
-            drain: Duration::from_secs(30),
-            channel: "idle".into(),
-        },
-    )
-    .await?;
+    // A fresh broker: memory an earlier scenario freed would otherwise be reused and hide the
+    // cost.
     println!(
-        "   {idle} idle subscribers: {:.1} KB each; delivery p99 {:.1} ms, missed {}",
-        figures.rss_kb_per_idle_subscriber.unwrap_or(f64::NAN),
-        figures.latency_ms.p99,
-        figures.missed
+        "   {} idle SSE subscribers on a fresh broker:",
+        number(idle as f64)
     );
+    let fresh = Peer::start_cpod(broker).await?;
+    let idle = idle::measure(&fresh.endpoint, Some(&fresh), idle)
+        .await
+        .context("idle subscribers")?;
+    drop(fresh);
+    println!(
+        "   {} of {} idle subscribers held: {:.2} KB each; one event p99 {:.1} ms, missed {}",
+        idle.subscribers,
+        idle.requested,
+        idle.kb_per_subscriber.unwrap_or(f64::NAN),
+        idle.delivery_ms.p99,
+        idle.missed
+    );
+    if let Some(shortfall) = &idle.shortfall {
+        println!("   LIMIT: {shortfall}");
+    }
     Ok(SoloFigures {
         replay,
         slow_subscriber,
-        idle: IdleFigures {
-            subscribers: idle,
-            figures,
-        },
+        idle,
     })
 }
 

@@ -11,10 +11,12 @@
 //! | `resourceType`, `resourceId` | `subject`: `<resourceType>/<resourceId>` |
 //! | `timestamp` | `time` |
 //! | `payload` | `data`, with `datacontenttype: application/json` |
+//! | `traceparent`, `tracestate` | the extension attributes of the same names (distributed tracing), when the event has them |
 //!
 //! [`to_cloudevent`] is the one conversion out; extension attributes are set in one place,
 //! [`with_extensions`]. The CloudEvent itself is the CNCF SDK's ([`cloudevents::Event`]), which
-//! also serializes it (structured mode) and reads it back.
+//! also serializes it (structured mode) and reads it back. [`CloudEvent`] is its structured JSON
+//! form as a plain type: the one `CloudEvent` schema of the OpenAPI and AsyncAPI documents.
 
 use cloudevents::event::ExtensionValue;
 use cloudevents::{AttributesReader, Data, EventBuilder, EventBuilderV10};
@@ -116,6 +118,72 @@ impl ContentMode {
             _ => None,
         }
     }
+}
+
+/// An event in CloudEvents' structured JSON form (`application/cloudevents+json`): what the
+/// broker emits where `format=cloudevents` is asked for (built by [`to_cloudevent`], so every
+/// attribute is set), and what it takes as a structured CloudEvent (README, "CloudEvents"),
+/// where `time`, `datacontenttype` and `data` may be left out.
+///
+/// Other extension attributes may be added in later versions, so readers should not refuse
+/// unknown ones (CloudEvents requires consumers to tolerate them).
+///
+/// ```
+/// let ce: cpod_proto::CloudEvent = serde_json::from_str(r#"{"specversion": "1.0",
+///     "id": "01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60", "source": "/organizations/org-1",
+///     "type": "pod.failed", "subject": "pod/pod-7f9c", "time": "2026-05-01T12:00:00.123Z",
+///     "datacontenttype": "application/json", "data": {"exitCode": 137}}"#)?;
+/// assert_eq!(ce.subject, "pod/pod-7f9c");
+/// assert_eq!(ce.traceparent, None);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(
+        description = "A cPod event as a CloudEvent 1.0 in structured JSON form (`application/cloudevents+json`, README \"CloudEvents\"): what the broker emits where `format=cloudevents` is asked for (every attribute but the trace context always set), and what it takes as a structured CloudEvent."
+    )
+)]
+pub struct CloudEvent {
+    /// Always `1.0`.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^1\.0$"))]
+    pub specversion: String,
+    /// The event's id (a UUID) on the way out; any non-empty string on the way in (with
+    /// `source`, it identifies repeats: see `Idempotency-Key`).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    pub id: String,
+    /// `/organizations/<organizationId>`, or
+    /// `/organizations/<organizationId>/workspaces/<workspaceId>` when the event has a workspace.
+    /// On the way in, any other source is taken as the key's organization (not for admin keys).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
+    pub source: String,
+    /// The event's type, e.g. `pod.failed`.
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 3, max_length = 128))]
+    pub event_type: String,
+    /// `<resourceType>/<resourceId>`, e.g. `pod/pod-7f9c` (split at the first `/`).
+    #[cfg_attr(feature = "openapi", schema(min_length = 3))]
+    pub subject: String,
+    /// The event's timestamp: ISO 8601 UTC with milliseconds. A producer's `time` is not kept
+    /// (the broker stamps every event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
+    pub time: Option<String>,
+    /// `application/json` on the way out (any JSON media type on the way in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// The event's payload; always an object (absent or `null` on the way in means `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub data: Option<Map<String, Value>>,
+    /// W3C `traceparent` of the event (distributed-tracing extension), when it has one. On the
+    /// way in, the request's `traceparent` header wins over it; an invalid one is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` of the event, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// Why a CloudEvent cannot be read as a cPod event: the attribute at fault and what is wrong.
@@ -274,9 +342,15 @@ pub fn to_cloudevent(event: &Event) -> cloudevents::Event {
 }
 
 /// The extension attributes an event carries as a CloudEvent: the one place they are set.
-fn with_extensions(builder: EventBuilderV10, _event: &Event) -> EventBuilderV10 {
-    // cPod events carry no extension attributes yet; distributed tracing's `traceparent` and
-    // `tracestate` go here when the event has them.
+/// Distributed tracing's `traceparent` and `tracestate`, when the event was ingested with a
+/// trace context.
+fn with_extensions(mut builder: EventBuilderV10, event: &Event) -> EventBuilderV10 {
+    if let Some(traceparent) = &event.traceparent {
+        builder = builder.extension("traceparent", traceparent.as_str());
+    }
+    if let Some(tracestate) = &event.tracestate {
+        builder = builder.extension("tracestate", tracestate.as_str());
+    }
     builder
 }
 
@@ -317,6 +391,8 @@ pub fn from_cloudevent(cloudevent: &cloudevents::Event) -> Result<Event, CloudEv
         workspace_id,
         payload: json_data(cloudevent)?,
         timestamp,
+        traceparent: extension_text(cloudevent, "traceparent"),
+        tracestate: extension_text(cloudevent, "tracestate"),
     })
 }
 
@@ -374,7 +450,38 @@ mod tests {
             workspace_id: workspace.map(str::to_owned),
             payload: serde_json::from_str(r#"{"exitCode":137,"reason":"OOMKilled"}"#).unwrap(),
             timestamp: "2026-05-01T12:00:00.123Z".into(),
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    fn traced(workspace: Option<&str>) -> Event {
+        Event {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: Some("rojo=00f067aa0ba902b7".into()),
+            ..event(workspace)
+        }
+    }
+
+    #[test]
+    fn a_traced_event_carries_the_distributed_tracing_extension_both_ways() {
+        let json = to_structured_json(&traced(None));
+        assert_eq!(
+            json["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(json["tracestate"], "rojo=00f067aa0ba902b7");
+        assert!(
+            to_structured_json(&event(None))
+                .get("traceparent")
+                .is_none()
+        );
+        let parsed: cloudevents::Event = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(from_cloudevent(&parsed).unwrap(), traced(None));
+        // The plain structured type reads the SDK's JSON, extension included.
+        let plain: CloudEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(plain.tracestate.as_deref(), Some("rojo=00f067aa0ba902b7"));
+        assert_eq!(plain.subject, "pod/ns/pod-7f9c");
     }
 
     #[test]
@@ -395,6 +502,22 @@ mod tests {
         );
         let without = to_structured_json(&event(None));
         assert_eq!(without["source"], "/organizations/org-1");
+    }
+
+    #[test]
+    fn the_structured_form_keeps_the_attribute_order_and_omits_absent_trace_context() {
+        let wire = r#"{"specversion":"1.0","id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60","source":"/organizations/org-1/workspaces/ws-42","type":"pod.failed","subject":"pod/pod-7f9c","time":"2026-05-01T12:00:00.123Z","datacontenttype":"application/json","data":{"exitCode":137}}"#;
+        let event: CloudEvent = serde_json::from_str(wire).unwrap();
+        assert_eq!(event.specversion, SPEC_VERSION);
+        assert_eq!(event.datacontenttype.as_deref(), Some(DATA_CONTENT_TYPE));
+        assert_eq!(serde_json::to_string(&event).unwrap(), wire);
+        let traced = wire.replace(
+            "}}",
+            r#"},"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"k=v"}"#,
+        );
+        let event: CloudEvent = serde_json::from_str(&traced).unwrap();
+        assert_eq!(event.tracestate.as_deref(), Some("k=v"));
+        assert_eq!(serde_json::to_string(&event).unwrap(), traced);
     }
 
     #[test]

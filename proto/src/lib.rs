@@ -21,6 +21,7 @@ pub mod filter;
 pub mod signing;
 pub mod webhooks;
 
+pub use cloudevents::CloudEvent;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::Event;
 pub use filter::{EventKey, TypePattern, glob_matches};

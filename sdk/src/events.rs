@@ -100,6 +100,62 @@ impl Subscription {
     }
 }
 
+/// Options of an emit request, sent as headers: `Idempotency-Key`, and the W3C trace context
+/// (`traceparent`, `tracestate`) the stored events continue. The broker ignores an invalid
+/// trace context, as the W3C spec says (the events are then stored without one).
+///
+/// ```
+/// let options = cpod_sdk::EmitOptions::new()
+///     .idempotency_key("nightly-2026-05-01")
+///     .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .tracestate("rojo=00f067aa0ba902b7");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EmitOptions {
+    idempotency_key: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl EmitOptions {
+    /// No options: what [`Events::emit`] sends.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most once per key (24 hours, per organization); see [`Events::emit_idempotent`].
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The `traceparent` header, e.g. the current span's in an instrumented service.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The `tracestate` header that goes with the `traceparent`.
+    pub fn tracestate(mut self, tracestate: impl Into<String>) -> Self {
+        self.tracestate = Some(tracestate.into());
+        self
+    }
+
+    fn apply(&self, mut request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (name, value) in [
+            ("Idempotency-Key", &self.idempotency_key),
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ] {
+            if let Some(value) = value {
+                request = request.header(name, value);
+            }
+        }
+        request
+    }
+}
+
 #[derive(Deserialize)]
 struct BatchAnswer {
     data: Vec<Event>,
@@ -239,7 +295,26 @@ impl Events {
     /// # Ok(()) }
     /// ```
     pub async fn emit(&self, event: &NewEvent) -> Result<Event> {
-        Ok(self.emit_request(event, None).await?.event)
+        Ok(self.emit_with(event, &EmitOptions::new()).await?.event)
+    }
+
+    /// Stores one event with request options: an idempotency key, the W3C trace context the
+    /// event continues (`traceparent`, `tracestate`; the stored event's `traceparent` then has
+    /// the same trace-id, under the broker's ingest span).
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let options = cpod_sdk::EmitOptions::new()
+    ///     .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// let new = cpod_sdk::NewEvent::new("custom.report.generated", "report", "r-9");
+    /// let stored = client.events().emit_with(&new, &options).await?;
+    /// assert!(stored.event.traceparent.unwrap().contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_with(&self, event: &NewEvent, options: &EmitOptions) -> Result<Emitted> {
+        let request = self.api.request(Method::POST, "/v1/events").json(event);
+        let (event, replayed) = self.send_replayable(options.apply(request)).await?;
+        Ok(Emitted { event, replayed })
     }
 
     /// Stores one event at most once per `idempotency_key` (24 hours, per organization): a
@@ -259,16 +334,8 @@ impl Events {
         event: &NewEvent,
         idempotency_key: &str,
     ) -> Result<Emitted> {
-        self.emit_request(event, Some(idempotency_key)).await
-    }
-
-    async fn emit_request(&self, event: &NewEvent, key: Option<&str>) -> Result<Emitted> {
-        let mut request = self.api.request(Method::POST, "/v1/events").json(event);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let (event, replayed) = self.send_replayable(request).await?;
-        Ok(Emitted { event, replayed })
+        self.emit_with(event, &EmitOptions::new().idempotency_key(idempotency_key))
+            .await
     }
 
     /// Stores one CloudEvent, sent in structured mode (`application/cloudevents+json`); answers
@@ -323,7 +390,10 @@ impl Events {
     /// # Ok(()) }
     /// ```
     pub async fn emit_batch(&self, events: &[NewEvent]) -> Result<Vec<Event>> {
-        Ok(self.batch_request(events, None).await?.events)
+        Ok(self
+            .emit_batch_with(events, &EmitOptions::new())
+            .await?
+            .events)
     }
 
     /// [`Events::emit_batch`] at most once per `idempotency_key`.
@@ -339,18 +409,23 @@ impl Events {
         events: &[NewEvent],
         idempotency_key: &str,
     ) -> Result<EmittedBatch> {
-        self.batch_request(events, Some(idempotency_key)).await
+        self.emit_batch_with(events, &EmitOptions::new().idempotency_key(idempotency_key))
+            .await
     }
 
-    async fn batch_request(&self, events: &[NewEvent], key: Option<&str>) -> Result<EmittedBatch> {
-        let mut request = self
+    /// [`Events::emit_batch`] with request options; a trace context applies to every event.
+    pub async fn emit_batch_with(
+        &self,
+        events: &[NewEvent],
+        options: &EmitOptions,
+    ) -> Result<EmittedBatch> {
+        let request = self
             .api
             .request(Method::POST, "/v1/events/batch")
             .json(&serde_json::json!({ "events": events }));
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let (answer, replayed) = self.send_replayable::<BatchAnswer>(request).await?;
+        let (answer, replayed) = self
+            .send_replayable::<BatchAnswer>(options.apply(request))
+            .await?;
         Ok(EmittedBatch {
             events: answer.data,
             replayed,

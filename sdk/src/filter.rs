@@ -169,6 +169,8 @@ mod tests {
             workspace_id: workspace.map(Into::into),
             payload: Default::default(),
             timestamp: "2026-05-01T12:00:00.000Z".into(),
+            traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -58,7 +58,7 @@ pub mod ws;
 
 pub use client::{ClientBuilder, CpodClient};
 pub use error::{ApiError, Error, Result};
-pub use events::{Events, Subscription};
+pub use events::{EmitOptions, Events, Subscription};
 pub use filter::Filter;
 pub use keys::Keys;
 pub use model::{Emitted, EmittedBatch, Event, EventFormat, HistoryQuery, NewEvent, Order, Page};

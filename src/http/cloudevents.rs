@@ -134,9 +134,18 @@ fn structured_event(value: Value) -> Result<CloudEventDraft, Refusal> {
             format!("datacontenttype `{content_type}` is not JSON; cPod events carry JSON data"),
         ));
     }
+    // Distributed tracing's extension attributes are read (strings, or absent); any other
+    // extension is left to the SDK's ignorance.
+    let traceparent = text(&map, "traceparent")?;
+    let tracestate = text(&map, "tracestate")?;
     map.retain(|name, _| CORE_ATTRIBUTES.contains(&name.as_str()));
-    let cloudevent: cloudevents::Event = serde_json::from_value(Value::Object(map))
+    let mut cloudevent: cloudevents::Event = serde_json::from_value(Value::Object(map))
         .map_err(|e| Refusal::invalid("specversion", format!("not a CloudEvent: {e}")))?;
+    for (name, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+        if let Some(value) = value {
+            cloudevent.set_extension(name, value);
+        }
+    }
     draft_of(&cloudevent, false)
 }
 

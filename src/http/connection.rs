@@ -18,6 +18,7 @@
 use std::io;
 use std::net::TcpListener;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -26,7 +27,11 @@ use std::time::Duration;
 use actix_http::body::MessageBody;
 use actix_http::{HttpService, Request, Response};
 use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
-use actix_web::dev::{AppConfig, Extensions, Server, Service, ServiceFactory, fn_service};
+use actix_web::dev::{
+    AppConfig, Extensions, Server, Service, ServiceFactory, fn_factory, fn_service,
+};
+
+use crate::http::owned::Route;
 use actix_web::rt::net::TcpStream;
 use bytes::Bytes;
 use cpod_proto::{ErrorBody, ErrorCode};
@@ -42,7 +47,13 @@ pub struct ServerSettings {
     /// Cancelled when connections are to take no more requests (at shutdown, once the drain is
     /// over): idle keep-alive connections close at once and buffered requests are not started.
     pub shutdown: CancellationToken,
+    /// Serve stream requests that open a connection below actix-web
+    /// ([`crate::http::owned`]), each worker with its shard; `None` leaves them all to actix.
+    pub streams: Option<actix_web::web::Data<crate::http::state::AppState>>,
 }
+
+/// Connections one worker may hold: each idle stream is one, and they are cheap.
+const MAX_CONNECTIONS_PER_WORKER: usize = 1 << 20;
 
 /// Serves `factory`'s application on `listener`, each connection wrapped in a [`Connection`]
 /// (whose [`ConnectionCloser`] handlers find with `req.conn_data()`).
@@ -67,10 +78,12 @@ where
         workers,
         shutdown_timeout,
         shutdown,
+        streams,
     } = settings;
     Ok(Server::build()
         .workers(workers)
         .backlog(4096)
+        .max_concurrent_connections(MAX_CONNECTIONS_PER_WORKER)
         .disable_signals()
         .shutdown_timeout(shutdown_timeout.as_secs())
         .listen("cpod-events", listener, move || {
@@ -99,13 +112,33 @@ where
                 // fallback, neither of which the broker uses (actix-web's constructor with the
                 // real address is private).
                 .h1(map_config(application, |_| AppConfig::default()));
-            fn_service(|tcp: TcpStream| async move {
-                let peer = tcp.peer_addr().ok();
-                // Stream frames are small and latency-bound: never let Nagle hold one back.
-                let _ = tcp.set_nodelay(true);
-                Ok::<_, actix_http::error::DispatchError>((Connection::new(tcp), peer))
+            let streams = streams.clone();
+            fn_factory(move || {
+                let http = http.new_service(());
+                let streams = streams.clone();
+                async move {
+                    let http = Rc::new(http.await?);
+                    // Started on this worker's thread: the shard of the streams it accepts.
+                    let shard = streams.map(crate::http::owned::Shard::start);
+                    Ok::<_, ()>(fn_service(move |tcp: TcpStream| {
+                        let (http, shard) = (http.clone(), shard.clone());
+                        async move {
+                            let peer = tcp.peer_addr().ok();
+                            // Stream frames are small and latency-bound: never let Nagle hold
+                            // one back.
+                            let _ = tcp.set_nodelay(true);
+                            if let Some(shard) = shard
+                                && crate::http::owned::sniff(&tcp).await == Route::Stream
+                            {
+                                crate::http::owned::serve_stream(tcp, shard).await;
+                                return Ok(());
+                            }
+                            // Boxed: an actix connection's state is not every stream's.
+                            Box::pin(http.call((Connection::new(tcp), peer))).await
+                        }
+                    }))
+                }
             })
-            .and_then(http)
         })?
         .run())
 }

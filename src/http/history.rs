@@ -156,7 +156,7 @@ pub fn parse_history_query(
     responses(
         (status = 200, description = "The event; with `format=cloudevents`, as a structured CloudEvent", content(
             (crate::event::Event = "application/json"),
-            (crate::http::wire::CloudEventSchema = "application/cloudevents+json"),
+            (cpod_proto::CloudEvent = "application/cloudevents+json"),
         )),
         (status = 400, description = "`format` is neither `cpod` nor `cloudevents`", body = crate::error::ErrorBody),
         (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::error::ErrorBody),

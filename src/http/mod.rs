@@ -10,6 +10,7 @@ pub mod history;
 pub mod ingest;
 pub mod keys;
 pub mod ops;
+pub mod owned;
 pub mod sse;
 pub mod state;
 pub mod streams;

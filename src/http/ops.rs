@@ -1,4 +1,5 @@
-//! Operations endpoints (contract §8): liveness, readiness, Prometheus metrics, OpenAPI.
+//! Operations endpoints (contract §8): liveness, readiness, Prometheus metrics, the OpenAPI and
+//! AsyncAPI documents.
 
 use crate::http::wire::Health;
 use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
@@ -17,7 +18,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get_only("/healthz", web::get().to(healthz)))
         .service(get_only("/readyz", web::get().to(readyz)))
         .service(get_only("/metrics", web::get().to(metrics)))
-        .service(get_only("/openapi.json", web::get().to(openapi_json)));
+        .service(get_only("/openapi.json", web::get().to(openapi_json)))
+        .service(get_only("/asyncapi.json", web::get().to(asyncapi_json)));
 }
 
 /// The process is up.
@@ -61,4 +63,13 @@ pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
         .body(state.openapi.clone())
+}
+
+/// The AsyncAPI 3.0 document of the live side: the SSE stream, the WebSocket protocol and webhook
+/// deliveries, on this document's schemas.
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations", responses((status = 200, description = "AsyncAPI 3.0", content_type = "application/json")))]
+pub async fn asyncapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
+        .body(state.asyncapi.clone())
 }

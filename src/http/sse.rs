@@ -24,14 +24,17 @@ use uuid::Uuid;
 use crate::cloudevents::{EncodeError, EventFormat, encode};
 use crate::error::ApiError;
 use crate::http::QueryParams;
-use crate::http::cloudevents::take_format;
 use crate::http::connection::ConnectionCloser;
 use crate::http::state::AppState;
 use crate::http::streams::{DeliveryCounter, StreamRequest, SubscriberGauge, open_stream};
+use crate::http::wire::frames::{ResetReason, SseReset};
 use crate::hub::Subscription;
 use crate::store::StoredEvent;
 
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The comment an idle stream sends after each heartbeat interval.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+/// The range of the opening `retry:` (milliseconds), jittered within it.
+pub const RETRY_MS: std::ops::Range<u32> = 2000..5000;
 /// How long a stream that should end gets to end by itself (its client reading the last bytes)
 /// before its connection is closed under it.
 pub const UNREAD_STREAM_GRACE: Duration = Duration::from_secs(1);
@@ -69,19 +72,23 @@ pub fn event_frame(id: &Uuid, json: &[u8]) -> Bytes {
 
 /// The `event: reset` message for a `Last-Event-ID` the broker cannot resume from.
 pub fn reset_frame(last_event_id: &str) -> Bytes {
-    let data = serde_json::json!({"reason": "unknown_last_event_id", "lastEventId": last_event_id});
+    let data = SseReset {
+        reason: ResetReason::UnknownLastEventId,
+        last_event_id: last_event_id.to_owned(),
+    };
+    let data = serde_json::to_string(&data).expect("the reset data serializes");
     Bytes::from(format!("event: reset\ndata: {data}\n\n"))
 }
 
 /// The opening `retry:`, jittered between 2 and 5 seconds so that a restart does not bring
 /// every client back in the same second.
 pub fn retry_frame() -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", rand::random_range(2000..5000)))
+    Bytes::from(format!("retry: {}\n\n", rand::random_range(RETRY_MS)))
 }
 
 /// An event's SSE message in `format`: the shared frame for cPod's JSON; a CloudEvent's is
 /// encoded for this subscriber (same `id:`, so `Last-Event-ID` resumes either way).
-fn frame_in(event: &StoredEvent, format: EventFormat) -> Result<Bytes, EncodeError> {
+pub fn frame_in(event: &StoredEvent, format: EventFormat) -> Result<Bytes, EncodeError> {
     match format {
         EventFormat::Cpod => Ok(frame_of(event).clone()),
         _ => Ok(event_frame(&event.id, &encode(&event.json, format)?)),
@@ -120,18 +127,16 @@ pub async fn stream_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut params = QueryParams::parse(&req)?;
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .map(str::to_owned)
-                .map_err(|_| ApiError::invalid("Last-Event-ID", "Last-Event-ID must be ASCII"))
-        })
-        .transpose()?;
-    let request = StreamRequest::parse(&req, &mut params, last_event_id, &state).await?;
-    let format = take_format(&mut params)?;
+    let header = |name| req.headers().get(name).map(|v| v.as_bytes());
+    let request = StreamRequest::parse(
+        header(header::AUTHORIZATION),
+        header(header::HeaderName::from_static("last-event-id")),
+        &mut params,
+        &state,
+    )
+    .await?;
     params.finish()?;
+    let format = request.format;
     let opened = open_stream(&state, request).await?;
 
     let mut pending = VecDeque::from([retry_frame()]);
@@ -312,7 +317,7 @@ mod tests {
             let retry = retry_frame();
             let text = std::str::from_utf8(&retry).unwrap();
             let ms: u32 = text.trim_start_matches("retry: ").trim().parse().unwrap();
-            assert!((2000..5000).contains(&ms));
+            assert!(RETRY_MS.contains(&ms));
             assert!(text.ends_with("\n\n"));
         }
     }

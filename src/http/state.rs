@@ -43,6 +43,8 @@ pub struct AppState {
     pub bodies: BodyBudget,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
+    /// The AsyncAPI document, rendered once.
+    pub asyncapi: String,
     /// Sends webhook requests (the worker and `POST /v1/webhooks/{id}/test`).
     pub deliverer: Arc<Deliverer>,
 }

@@ -6,9 +6,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
+use crate::cloudevents::EventFormat;
 use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
+use crate::http::cloudevents::take_format;
 use crate::http::history::{parse_filter, parse_time};
 use crate::http::state::AppState;
 use crate::http::wire::{TicketBody, TicketRequest, parse_body};
@@ -38,24 +40,33 @@ pub struct StreamRequest {
     pub ticket_expires_ms: Option<i64>,
     pub filter: Filter,
     pub resume: Resume,
+    /// How its events are written (`format`): cPod's JSON or structured CloudEvents.
+    pub format: EventFormat,
 }
 
 impl StreamRequest {
-    /// Reads the credential (header, else `?ticket=`), the filters and the start. A
-    /// `Last-Event-ID` header wins over `lastEventId`, which wins over `since`.
+    /// Reads the credential (the `Authorization` header's raw value, else `?ticket=`), the
+    /// filters and the start. A `Last-Event-ID` header wins over `lastEventId`, which wins over
+    /// `since`. `format` says how events are written. Takes raw header bytes so that streams served outside actix-web
+    /// ([`crate::http::owned`]) read a request exactly as the actix route does.
     pub async fn parse(
-        req: &HttpRequest,
+        authorization: Option<&[u8]>,
+        last_event_id_header: Option<&[u8]>,
         params: &mut QueryParams,
-        last_event_id_header: Option<String>,
         state: &AppState,
     ) -> Result<Self, ApiError> {
         let ticket = params.take_one("ticket")?;
-        let authorization = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
+        let authorization = authorization
             .map(|v| {
-                v.to_str().map_err(|_| {
+                visible_ascii(v).ok_or_else(|| {
                     ApiError::Unauthorized("the Authorization header is not ASCII".into())
+                })
+            })
+            .transpose()?;
+        let last_event_id_header = last_event_id_header
+            .map(|v| {
+                visible_ascii(v).map(str::to_owned).ok_or_else(|| {
+                    ApiError::invalid("Last-Event-ID", "Last-Event-ID must be ASCII")
                 })
             })
             .transpose()?;
@@ -76,13 +87,23 @@ impl StreamRequest {
             (None, Some(since)) => Resume::Since(since),
             (None, None) => Resume::Now,
         };
+        let format = take_format(params)?;
         Ok(Self {
             principal,
             ticket_expires_ms,
             filter,
             resume,
+            format,
         })
     }
+}
+
+/// A header value as text, when it is visible ASCII (and tabs), as `HeaderValue::to_str` asks.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).expect("ASCII is UTF-8"))
 }
 
 /// An open stream's subscription and what the transport must tell the client first.

@@ -355,7 +355,7 @@ pub async fn test_webhook(
     let body = bytes::Bytes::from(serde_json::to_vec(&event).expect("JSON serializes"));
     let result = state
         .deliverer
-        .send(&webhook, &id.to_string(), "webhook.test", body)
+        .send(&webhook, &id.to_string(), "webhook.test", body, None)
         .await;
     Ok(HttpResponse::Ok().json(TestResult {
         success: result.succeeded(),

@@ -7,6 +7,8 @@
 //! document at `/openapi.json` is generated from the same types, so it cannot describe a body
 //! the broker does not accept.
 
+pub mod frames;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -346,46 +348,13 @@ pub struct EventFormatParam {
     format: Option<cpod_proto::cloudevents::EventFormat>,
 }
 
-// Only a schema: CloudEvents are built and read by the CloudEvents SDK (`cpod_proto::cloudevents`).
-/// A cPod event as a structured CloudEvent 1.0 (README, "CloudEvents").
-#[derive(Serialize, ToSchema)]
-#[schema(as = CloudEvent)]
-pub struct CloudEventSchema {
-    /// Always `1.0`.
-    #[schema(pattern = r"^1\.0$")]
-    specversion: String,
-    /// The event's id (a UUID) on the way out; any non-empty string on the way in (with `source`,
-    /// it identifies repeats: see `Idempotency-Key`).
-    #[schema(min_length = 1)]
-    id: String,
-    /// `/organizations/<organizationId>` or `/organizations/<organizationId>/workspaces/<workspaceId>`.
-    /// On the way in, any other source is taken as the key's organization (not for admin keys).
-    #[schema(min_length = 1)]
-    source: String,
-    /// The event type, e.g. `pod.failed`.
-    #[serde(rename = "type")]
-    #[schema(min_length = 3, max_length = 128)]
-    event_type: String,
-    /// `<resourceType>/<resourceId>`, split at the first `/`.
-    #[schema(min_length = 3)]
-    subject: String,
-    /// The broker's timestamp (RFC 3339, UTC); a producer's `time` is not kept.
-    #[schema(format = DateTime)]
-    time: Option<String>,
-    /// `application/json` (any JSON media type on the way in).
-    datacontenttype: Option<String>,
-    /// The payload: a JSON object (absent or null means `{}`).
-    #[schema(value_type = Option<Object>)]
-    data: Option<serde_json::Value>,
-}
-
 /// One item of a history page: an event, or (`format=cloudevents`) a CloudEvent. The two
 /// schemas exclude each other (an event has no `specversion`; it allows no other field).
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum HistoryItem {
     Event(Event),
-    CloudEvent(CloudEventSchema),
+    CloudEvent(cpod_proto::CloudEvent),
 }
 
 /// A page of history: events (the default) or CloudEvents (`format=cloudevents`).

@@ -27,7 +27,7 @@ use actix_ws::{CloseCode, CloseReason, Item, Message, ProtocolError, Session};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use futures_util::StreamExt;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,7 @@ use crate::http::state::AppState;
 use crate::http::streams::{
     DeliveryCounter, Resume, SubscriberGauge, resolve_start, ticket_deadline,
 };
+use crate::http::wire::frames::{ResetReason, ServerFrame};
 use crate::hub::Subscription;
 use crate::store::StoredEvent;
 
@@ -350,7 +351,7 @@ impl Socket {
         }
         let result = match op {
             "auth" => self.authenticate(&request).await,
-            "ping" => Ok(vec![json!({"op": "pong"}).to_string()]),
+            "ping" => Ok(vec![ServerFrame::Pong {}.to_text()]),
             "subscribe" => self.subscribe(&request).await,
             "unsubscribe" => self.unsubscribe(&request),
             "" => Err(ApiError::invalid("op", "a frame needs an op")),
@@ -399,7 +400,10 @@ impl Socket {
         self.principal = Some(principal);
         self.deadline = ticket_deadline(expires);
         Ok(vec![
-            json!({"op": "authenticated", "organizationId": organization}).to_string(),
+            ServerFrame::Authenticated {
+                organization_id: organization,
+            }
+            .to_text(),
         ])
     }
 
@@ -427,11 +431,14 @@ impl Socket {
         let generation = self.generations;
         self.subscriptions
             .insert(id.clone(), (cancel.clone(), generation, format));
-        let mut answers = vec![json!({"op": "subscribed", "id": id}).to_string()];
+        let mut answers = vec![ServerFrame::Subscribed { id: id.clone() }.to_text()];
         if reset.is_some() {
             answers.push(
-                json!({"op": "reset", "subscription": id, "reason": "unknown_last_event_id"})
-                    .to_string(),
+                ServerFrame::Reset {
+                    subscription: id.clone(),
+                    reason: ResetReason::UnknownLastEventId,
+                }
+                .to_text(),
             );
         }
         // The task starts after the answers are written: the caller sends them first, in this
@@ -455,7 +462,9 @@ impl Socket {
             .remove(id)
             .ok_or_else(|| ApiError::NotFound(format!("no subscription `{id}` on this socket")))?;
         cancel.cancel();
-        Ok(vec![json!({"op": "unsubscribed", "id": id}).to_string()])
+        Ok(vec![
+            ServerFrame::Unsubscribed { id: id.to_owned() }.to_text(),
+        ])
     }
 }
 
@@ -633,19 +642,33 @@ async fn run_subscription(
     }
 }
 
-/// `{"op":"event","subscription":"s1","event":{…}}`, splicing the event in, in the
-/// subscription's format (the stored JSON, or a structured CloudEvent).
+/// `{"op":"event","subscription":"s1","event":{…}}` in the subscription's format. cPod's is
+/// [`ServerFrame::Event`] with the event's stored JSON spliced in rather than parsed and
+/// serialized again; a CloudEvent's is [`ServerFrame::CloudEvent`] holding the event's one
+/// CloudEvents conversion (`crate::cloudevents::encode`).
 fn event_frame(
     subscription: &str,
     event: &StoredEvent,
     format: EventFormat,
 ) -> Result<String, EncodeError> {
-    let data = encode(&event.json, format)?;
-    let json = std::str::from_utf8(&data).expect("event JSON is UTF-8");
-    let id = serde_json::to_string(subscription).expect("a string serializes");
-    Ok(format!(
-        "{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}"
-    ))
+    match format {
+        EventFormat::Cpod => {
+            let json = std::str::from_utf8(&event.json).expect("stored JSON is UTF-8");
+            let id = serde_json::to_string(subscription).expect("a string serializes");
+            Ok(format!(
+                "{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}"
+            ))
+        }
+        EventFormat::CloudEvents => {
+            let event: cpod_proto::CloudEvent =
+                serde_json::from_slice(&encode(&event.json, format)?)?;
+            Ok(ServerFrame::CloudEvent {
+                subscription: subscription.to_owned(),
+                event,
+            }
+            .to_text())
+        }
+    }
 }
 
 /// A subscribe frame's `format`: `cpod` (absent or null) or `cloudevents`.
@@ -661,8 +684,12 @@ pub fn parse_subscription_format(request: &Value) -> Result<EventFormat, ApiErro
 }
 
 pub fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
-    json!({"op": "error", "id": id.unwrap_or(Value::Null), "code": code, "message": message})
-        .to_string()
+    ServerFrame::Error {
+        id: id.unwrap_or(Value::Null),
+        code: code.to_owned(),
+        message: message.to_owned(),
+    }
+    .to_text()
 }
 
 pub fn api_error_frame(id: Option<Value>, error: &ApiError) -> String {
@@ -808,6 +835,7 @@ fn parse_filter_object(principal: &Principal, filter: Option<&Value>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A masked client frame head for a payload of `length` bytes (the payload itself follows).
     fn head(length: u64) -> Vec<u8> {
@@ -853,6 +881,78 @@ mod tests {
     }
 
     #[test]
+    fn the_spliced_event_frame_is_the_typed_frame_byte_for_byte() {
+        let event: crate::event::Event = serde_json::from_value(json!({
+            "id": "01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60", "type": "pod.failed",
+            "resourceId": "pod-7f9c", "resourceType": "pod", "organizationId": "org-1",
+            "workspaceId": null, "payload": {"exitCode": 137, "text": "a\"b"},
+            "timestamp": "2026-05-01T12:00:00.123Z"
+        }))
+        .unwrap();
+        let stored = StoredEvent {
+            position: 1,
+            id: uuid::Uuid::parse_str(&event.id).unwrap(),
+            organization_id: event.organization_id.clone(),
+            event_type: event.event_type.clone(),
+            resource_type: event.resource_type.clone(),
+            resource_id: event.resource_id.clone(),
+            workspace_id: None,
+            json: serde_json::to_vec(&event).unwrap().into(),
+            sse: Default::default(),
+            trace: None,
+        };
+        let typed = ServerFrame::Event {
+            subscription: "s\"1".into(),
+            event,
+        };
+        assert_eq!(
+            event_frame("s\"1", &stored, EventFormat::Cpod).unwrap(),
+            typed.to_text()
+        );
+    }
+
+    #[test]
+    fn the_typed_frames_keep_the_bytes_of_the_contract_shapes() {
+        let cases = [
+            (ServerFrame::Pong {}.to_text(), r#"{"op":"pong"}"#),
+            (
+                ServerFrame::Authenticated {
+                    organization_id: None,
+                }
+                .to_text(),
+                r#"{"op":"authenticated","organizationId":null}"#,
+            ),
+            (
+                ServerFrame::Subscribed { id: "s1".into() }.to_text(),
+                r#"{"op":"subscribed","id":"s1"}"#,
+            ),
+            (
+                ServerFrame::Reset {
+                    subscription: "s1".into(),
+                    reason: ResetReason::UnknownLastEventId,
+                }
+                .to_text(),
+                r#"{"op":"reset","subscription":"s1","reason":"unknown_last_event_id"}"#,
+            ),
+            (
+                ServerFrame::Unsubscribed { id: "s1".into() }.to_text(),
+                r#"{"op":"unsubscribed","id":"s1"}"#,
+            ),
+            (
+                error_frame(None, "invalid_request", "m"),
+                r#"{"op":"error","id":null,"code":"invalid_request","message":"m"}"#,
+            ),
+            (
+                error_frame(Some(json!({"a": 1})), "forbidden", "m"),
+                r#"{"op":"error","id":{"a":1},"code":"forbidden","message":"m"}"#,
+            ),
+        ];
+        for (frame, wire) in cases {
+            assert_eq!(frame, wire);
+        }
+    }
+
+    #[test]
     fn an_event_frame_splices_the_stored_json() {
         let event = StoredEvent {
             position: 1,
@@ -862,6 +962,7 @@ mod tests {
             resource_type: "r".into(),
             resource_id: "r".into(),
             workspace_id: None,
+            trace: None,
             json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
             sse: Default::default(),
         };

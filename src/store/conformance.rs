@@ -123,6 +123,7 @@ macro_rules! every_case {
     concurrent_webhook_creations_never_pass_the_organization_limit,
     history_answers_filters_with_far_more_type_patterns_than_the_domain_allows,
     the_timestamp_after_a_position_is_the_next_events,
+    an_events_trace_context_is_stored_and_read_back_by_every_read,
         );
     };
 }
@@ -695,4 +696,63 @@ async fn history_answers_filters_with_far_more_type_patterns_than_the_domain_all
     let positions: Vec<i64> = page.events.iter().map(|e| e.position).collect();
     let expected: Vec<i64> = stored.iter().map(|e| e.position).collect();
     assert_eq!(positions, expected);
+}
+
+async fn an_events_trace_context_is_stored_and_read_back_by_every_read(open: Opener) {
+    let mut h = open(i64::MAX / 2).await;
+    h.store.create_webhook(webhook(h.now()), 100).await.unwrap();
+    let (trace, _) = crate::trace_context::TraceContext::from_headers(
+        &["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+        &["rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"],
+    );
+    let trace = trace.unwrap();
+    let traced = event(1).with_trace(trace.clone());
+    let untraced = event(2);
+    let stored = h
+        .store
+        .append(request(vec![traced, untraced]))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(stored[0].trace.as_ref(), Some(&trace));
+    assert_eq!(stored[1].trace, None);
+    // Closed and opened again: everything below is read from the database.
+    h.reopen().await;
+    let read = all_events(&h.store).await;
+    assert_eq!(read[0].trace.as_ref(), Some(&trace));
+    assert_eq!(read[1].trace, None);
+    let json: serde_json::Value = serde_json::from_slice(&read[0].json).unwrap();
+    assert_eq!(json["traceparent"], trace.parent.to_string());
+    assert_eq!(
+        json["tracestate"],
+        "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+    );
+    let untraced_json: serde_json::Value = serde_json::from_slice(&read[1].json).unwrap();
+    assert!(untraced_json.get("traceparent").is_none());
+    let page = h
+        .store
+        .history(HistoryQuery {
+            filter: Filter::for_scope(OrgScope::One(org())),
+            since_ms: None,
+            until_ms: None,
+            after_position: None,
+            order: Order::Asc,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.events[0].trace.as_ref(), Some(&trace));
+    let mut due = h
+        .store
+        .claim_deliveries(claim(Uuid::now_v7(), h.now(), 30_000))
+        .await
+        .unwrap();
+    due.sort_by_key(|d| d.event_id);
+    assert_eq!(due.len(), 2);
+    assert_eq!(
+        due[0].trace.as_ref(),
+        Some(&trace),
+        "a delivery carries its event's trace"
+    );
+    assert_eq!(due[1].trace, None);
 }

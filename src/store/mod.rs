@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::event::{NewEvent, OrganizationId, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
+use crate::trace_context::TraceContext;
 use webhooks::{
     AttemptOutcome, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery, WebhookPatch,
     WebhookRecord,
@@ -518,6 +519,9 @@ pub struct StoredEvent {
     pub resource_type: String,
     pub resource_id: String,
     pub workspace_id: Option<String>,
+    /// The W3C trace context it was stored with (also in its JSON), for the spans of its
+    /// fan-out and webhook attempts.
+    pub trace: Option<TraceContext>,
     /// The event's JSON, serialized once at commit.
     pub json: Bytes,
     /// Its Server-Sent Events message, encoded by the streams on first use and then shared by

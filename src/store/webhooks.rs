@@ -11,6 +11,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::cloudevents::{ContentMode, EventFormat};
+use crate::trace_context::TraceContext;
 
 /// How an endpoint's deliveries are written: the event's JSON (the default), or a CloudEvent
 /// in structured or binary content mode.
@@ -185,6 +186,8 @@ pub struct DueDelivery {
     /// The stored event's JSON: the body, byte for byte the same on every attempt. `None` when
     /// the event has expired.
     pub body: Option<Bytes>,
+    /// The trace context the event was stored with: each attempt is a span in its trace.
+    pub trace: Option<TraceContext>,
     pub webhook: WebhookRecord,
 }
 

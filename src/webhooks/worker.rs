@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::WebhookSettings;
@@ -36,6 +37,7 @@ use crate::store::webhooks::{
     WebhookRecord,
 };
 use crate::store::{Change, FeedReader, Store, StoreError};
+use crate::trace_context::TraceContext;
 
 /// Bytes of an answer kept in the attempt log.
 pub const MAX_LOGGED_BODY: usize = 20_000;
@@ -116,13 +118,15 @@ impl Deliverer {
     }
 
     /// One signed POST of the event (`body`, its stored JSON) to the endpoint, written in the
-    /// endpoint's format; never fails, the result says what happened.
+    /// endpoint's format, with `trace` as its `traceparent` and `tracestate` headers; never
+    /// fails, the result says what happened.
     pub async fn send(
         &self,
         webhook: &WebhookRecord,
         message_id: &str,
         event_type: &str,
         body: Bytes,
+        trace: Option<&TraceContext>,
     ) -> AttemptResult {
         let started = Instant::now();
         let failed = |error: String| AttemptResult {
@@ -158,13 +162,19 @@ impl Deliverer {
         for (name, value) in message.headers {
             request = request.header(name, value);
         }
-        let request = request
+        let mut request = request
             .header("webhook-id", message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signatures.standard)
             .header("x-cpod-signature", signatures.cpod)
-            .header("x-cpod-event-type", event_type)
-            .body(body);
+            .header("x-cpod-event-type", event_type);
+        if let Some(trace) = trace {
+            request = request.header("traceparent", trace.parent.to_string());
+            if let Some(state) = &trace.state {
+                request = request.header("tracestate", state.as_str());
+            }
+        }
+        let request = request.body(body);
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => return failed(describe(&e)),
@@ -492,9 +502,27 @@ async fn record(store: Store, mut outcomes: mpsc::Receiver<AttemptOutcome>, clai
     }
 }
 
-/// Makes one attempt of a due delivery; answers the outcome to record.
+/// Makes one attempt of a due delivery, as a span in its event's trace; answers the outcome to
+/// record.
 async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome {
     let number = delivery.attempts + 1;
+    let (span, trace) = crate::spans::webhook_attempt(
+        delivery.trace.as_ref(),
+        delivery.id,
+        delivery.event_id,
+        number,
+    );
+    attempt_in(deliverer, delivery, number, trace.as_ref())
+        .instrument(span)
+        .await
+}
+
+async fn attempt_in(
+    deliverer: &Deliverer,
+    delivery: DueDelivery,
+    number: i64,
+    trace: Option<&TraceContext>,
+) -> AttemptOutcome {
     let attempted_ms = unix_now_ms();
     let result = match delivery.body.clone() {
         Some(body) => {
@@ -504,6 +532,7 @@ async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome
                     &delivery.event_id.to_string(),
                     &delivery.event_type,
                     body,
+                    trace,
                 )
                 .await
         }
@@ -527,6 +556,13 @@ async fn attempt(deliverer: &Deliverer, delivery: DueDelivery) -> AttemptOutcome
         NextStep::Failed => "failed",
     };
     metrics::counter!("cpod_webhook_deliveries_total", "outcome" => outcome_label).increment(1);
+    tracing::Span::current().record("status", result.status);
+    tracing::debug!(
+        webhook = %delivery.webhook.id,
+        outcome = outcome_label,
+        duration_ms = result.duration_ms,
+        "webhook attempt made"
+    );
     if let Some(disable) = &disable {
         tracing::warn!(webhook = %delivery.webhook.id, reason = disable.reason.as_str(), "disabling a webhook endpoint");
     }
@@ -665,7 +701,7 @@ mod tests {
             let mut endpoint = webhook(0, None);
             endpoint.url = url.into();
             let result = guarded
-                .send(&endpoint, "id", "custom.a", Bytes::from_static(b"{}"))
+                .send(&endpoint, "id", "custom.a", Bytes::from_static(b"{}"), None)
                 .await;
             assert_eq!(result.status, None, "{url}");
             assert!(

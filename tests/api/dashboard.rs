@@ -164,3 +164,29 @@ async fn the_openapi_document_describes_keys_me_the_dashboard_and_the_sdk() {
         assert!(document["paths"][path]["get"].is_object(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_links_both_api_documents_and_they_are_served() {
+    let app = spawn_app().await;
+    let page = app
+        .client
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for document in ["/openapi.json", "/asyncapi.json"] {
+        assert!(
+            page.contains(&format!("href=\"{document}\"")),
+            "the page links {document}"
+        );
+        let body = json_of(
+            app.client.get(app.url(document)).send().await.unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        assert!(body["info"]["title"].is_string(), "{document}");
+    }
+}

@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on port 0 with a temporary database, spoken to over HTTP.
 
+mod asyncapi;
 mod cli;
 mod clock;
 mod cloudevents;
@@ -18,6 +19,8 @@ mod schemathesis;
 mod sdk;
 mod shutdown;
 mod sqlite_only;
+mod stream_connections;
 mod streams;
+mod trace;
 mod webhooks;
 mod ws;

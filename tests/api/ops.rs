@@ -107,6 +107,7 @@ async fn the_openapi_document_covers_every_endpoint() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/asyncapi.json", "get"),
         ("/v1/events/stream", "get"),
         ("/v1/events/ws", "get"),
         ("/v1/stream-tickets", "post"),

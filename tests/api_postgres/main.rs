@@ -2,7 +2,7 @@
 //! gets a fresh database on the local server (`tests/api/helpers.rs`, `postgres`). Left out:
 //! `sqlite_only.rs`, which looks at SQLite's files; `disk_full.rs` and `clock.rs`, which test
 //! SQLite's own reserve and its clamps (PostgreSQL's are the store's conformance cases); and
-//! `schemathesis.rs`, whose document does not depend on the backend.
+//! `schemathesis.rs` and `asyncapi.rs`, whose documents do not depend on the backend.
 
 #[path = "../api/cli.rs"]
 mod cli;
@@ -33,8 +33,12 @@ mod receiver;
 mod sdk;
 #[path = "../api/shutdown.rs"]
 mod shutdown;
+#[path = "../api/stream_connections.rs"]
+mod stream_connections;
 #[path = "../api/streams.rs"]
 mod streams;
+#[path = "../api/trace.rs"]
+mod trace;
 #[path = "../api/webhooks.rs"]
 mod webhooks;
 #[path = "../api/ws.rs"]

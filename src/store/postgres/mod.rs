@@ -53,6 +53,7 @@ use super::{
 };
 use crate::event::{NewEvent, OrganizationId};
 use crate::filter::{Filter, OrgScope};
+use crate::trace_context::TraceContext;
 
 /// The advisory lock keys (per database). Arbitrary constants, spelled "cpod" + a number.
 pub(super) mod locks {
@@ -1077,8 +1078,8 @@ fn key_from_row(row: &tokio_postgres::Row) -> Result<KeyRecord, StoreError> {
     })
 }
 
-const EVENT_COLUMNS: &str =
-    "position, id, organization_id, type, resource_type, resource_id, workspace_id, json";
+const EVENT_COLUMNS: &str = "position, id, organization_id, type, resource_type, resource_id, \
+     workspace_id, json, traceparent, tracestate";
 
 fn event_from_row(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
@@ -1090,6 +1091,7 @@ fn event_from_row(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> 
         resource_id: row.try_get(5)?,
         workspace_id: row.try_get(6)?,
         json: Bytes::from(row.try_get::<_, String>(7)?),
+        trace: TraceContext::from_stored(row.try_get(8)?, row.try_get(9)?),
         sse: Default::default(),
     })
 }

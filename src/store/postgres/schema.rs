@@ -124,7 +124,13 @@ const MIGRATIONS: &[&str] = &[
         updated_ms bigint           NOT NULL
     );
     "#,
-    // 3: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // 3: the W3C trace context an event was ingested with (also in its JSON), for the spans
+    // and `traceparent` header of its webhook attempts.
+    r#"
+    ALTER TABLE events ADD COLUMN traceparent text;
+    ALTER TABLE events ADD COLUMN tracestate text;
+    "#,
+    // 4: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
     // `cloudevents-binary`.
     r#"
     ALTER TABLE webhooks ADD COLUMN delivery_format text NOT NULL DEFAULT 'cpod';

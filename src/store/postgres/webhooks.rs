@@ -15,6 +15,7 @@ use crate::store::webhooks::{
     AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryFormat, DeliveryRecord, DeliveryStatus,
     DueDelivery, Lease, NextStep, WebhookPatch, WebhookRecord,
 };
+use crate::trace_context::TraceContext;
 
 const WEBHOOK_COLUMNS: &str = "id, organization_id, url, types, resource_type, description, \
      enabled, secret, previous_secret, previous_secret_expires_ms, created_ms, last_success_ms, \
@@ -324,7 +325,8 @@ pub(super) async fn claim_deliveries(
                 RETURNING d.id, d.attempts, d.event_id, d.event_type, d.event_position,
                           d.webhook_id, d.next_attempt_ms
              )
-             SELECT c.id, c.attempts, c.event_id, c.event_type, e.json, {columns}
+             SELECT c.id, c.attempts, c.event_id, c.event_type, e.json, e.traceparent,
+                    e.tracestate, {columns}
              FROM claimed c JOIN webhooks w ON w.id = c.webhook_id
              LEFT JOIN events e ON e.position = c.event_position
              ORDER BY c.next_attempt_ms"
@@ -355,7 +357,8 @@ pub(super) async fn claim_deliveries(
                 event_id: r.try_get(2)?,
                 event_type: r.try_get(3)?,
                 body: r.try_get::<_, Option<String>>(4)?.map(Bytes::from),
-                webhook: webhook_from_row(r, 5)?,
+                trace: TraceContext::from_stored(r.try_get(5)?, r.try_get(6)?),
+                webhook: webhook_from_row(r, 7)?,
             })
         })
         .collect()

@@ -132,9 +132,10 @@ impl Session {
             .await?,
             insert_events: prepare(
                 "INSERT INTO events (position, id, organization_id, type, resource_type, \
-                 resource_id, workspace_id, ts_ms, json) \
+                 resource_id, workspace_id, ts_ms, json, traceparent, tracestate) \
                  SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[])",
+                 $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[], $10::text[], \
+                 $11::text[])",
             )
             .await?,
             forget_idempotency: prepare(
@@ -519,6 +520,14 @@ async fn apply_group(
         .iter()
         .map(|e| std::str::from_utf8(&e.json).expect("serde_json writes UTF-8"))
         .collect();
+    let traceparents: Vec<Option<String>> = events
+        .iter()
+        .map(|e| e.trace.as_ref().map(|t| t.parent.to_string()))
+        .collect();
+    let tracestates: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.trace.as_ref()?.state.as_ref().map(|s| s.as_str()))
+        .collect();
     let forget: (Vec<&str>, Vec<&str>, Vec<&str>) = state
         .forget
         .iter()
@@ -559,6 +568,8 @@ async fn apply_group(
                     &workspaces,
                     &state.timestamps,
                     &jsons,
+                    &traceparents,
+                    &tracestates,
                 ],
             )
             .await
@@ -705,6 +716,7 @@ fn insert_event(state: &mut Group, event: &NewEvent, now_ms: i64) -> Arc<StoredE
         resource_type: event.resource_type.as_str().to_owned(),
         resource_id: event.resource_id.as_str().to_owned(),
         workspace_id: event.workspace_id.as_ref().map(|w| w.as_str().to_owned()),
+        trace: event.trace.clone(),
         json: Bytes::from(json),
         sse: Default::default(),
     });

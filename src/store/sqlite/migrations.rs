@@ -108,7 +108,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN lease_owner BLOB;
     ALTER TABLE deliveries ADD COLUMN lease_until_ms INTEGER;
     "#,
-    // 5: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // 5: the W3C trace context an event was ingested with (also in its JSON), for the spans
+    // and `traceparent` header of its webhook attempts.
+    r#"
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN tracestate TEXT;
+    "#,
+    // 6: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
     // `cloudevents-binary`.
     r#"
     ALTER TABLE webhooks ADD COLUMN delivery_format TEXT NOT NULL DEFAULT 'cpod';

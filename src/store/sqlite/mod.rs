@@ -40,6 +40,7 @@ use super::{
 };
 use crate::event::{NewEvent, OrganizationId};
 use crate::filter::{Filter, OrgScope};
+use crate::trace_context::TraceContext;
 use migrations::migrate;
 use space::Space;
 use webhooks::WebhookMatchers;
@@ -852,8 +853,8 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
-const EVENT_COLUMNS: &str =
-    "pos, id, organization_id, type, resource_type, resource_id, workspace_id, json";
+const EVENT_COLUMNS: &str = "pos, id, organization_id, type, resource_type, resource_id, \
+     workspace_id, json, traceparent, tracestate";
 
 fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     let id: Vec<u8> = row.get(1)?;
@@ -869,6 +870,10 @@ fn event_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
         resource_id: row.get(5)?,
         workspace_id: row.get(6)?,
         json: Bytes::from(row.get::<_, String>(7)?),
+        trace: TraceContext::from_stored(
+            row.get::<_, Option<String>>(8)?.as_deref(),
+            row.get::<_, Option<String>>(9)?.as_deref(),
+        ),
         sse: Default::default(),
     })
 }
@@ -1440,7 +1445,8 @@ impl Writer {
         self.conn
             .prepare_cached(
                 "INSERT INTO events (id, organization_id, type, resource_type, resource_id, \
-                 workspace_id, ts_ms, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 workspace_id, ts_ms, json, traceparent, tracestate) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 id.as_bytes(),
@@ -1451,6 +1457,12 @@ impl Writer {
                 event.workspace_id.as_ref().map(|w| w.as_str()),
                 timestamp_ms,
                 json_text,
+                event.trace.as_ref().map(|t| t.parent.to_string()),
+                event
+                    .trace
+                    .as_ref()
+                    .and_then(|t| t.state.as_ref())
+                    .map(|s| s.as_str()),
             ])?;
         let event = Arc::new(StoredEvent {
             position: self.conn.last_insert_rowid(),
@@ -1460,6 +1472,7 @@ impl Writer {
             resource_type: event.resource_type.as_str().to_owned(),
             resource_id: event.resource_id.as_str().to_owned(),
             workspace_id: event.workspace_id.as_ref().map(|w| w.as_str().to_owned()),
+            trace: event.trace.clone(),
             json: Bytes::from(json),
             sse: Default::default(),
         });

@@ -16,6 +16,7 @@ use crate::store::webhooks::{
     DueDelivery, Lease, NextStep, WebhookPatch, WebhookRecord,
 };
 use crate::store::{StoreError, StoredEvent};
+use crate::trace_context::TraceContext;
 
 /// The enabled endpoints' filters, per organization: what the writer matches each new event
 /// against.
@@ -356,7 +357,7 @@ pub fn claim_deliveries(
         )
     };
     let mut statement = conn.prepare_cached(&format!(
-        "SELECT d.id, d.attempts, d.event_id, d.event_type, e.json, {columns} \
+        "SELECT d.id, d.attempts, d.event_id, d.event_type, e.json, e.traceparent, e.tracestate, {columns} \
          FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id LEFT JOIN events e ON e.pos = d.event_pos \
          WHERE d.status = 'pending' AND d.next_attempt_ms <= ? AND w.enabled = 1 \
          AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= ?){exclusion} \
@@ -382,7 +383,11 @@ pub fn claim_deliveries(
             event_id: uuid_at(r, 2)?,
             event_type: r.get(3)?,
             body: r.get::<_, Option<String>>(4)?.map(Bytes::from),
-            webhook: webhook_from_row(r, 5)?,
+            trace: TraceContext::from_stored(
+                r.get::<_, Option<String>>(5)?.as_deref(),
+                r.get::<_, Option<String>>(6)?.as_deref(),
+            ),
+            webhook: webhook_from_row(r, 7)?,
         })
     })?;
     let due = rows.collect::<Result<Vec<_>, _>>()?;
