@@ -912,6 +912,36 @@ mod tests {
     }
 
     #[test]
+    fn a_cloudevents_frame_holds_the_events_one_cloudevent_with_its_trace_context() {
+        let json = br#"{"id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60","type":"pod.failed","resourceId":"pod-7f9c","resourceType":"pod","organizationId":"org-1","workspaceId":null,"payload":{"exitCode":137},"timestamp":"2026-05-01T12:00:00.123Z","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+        let event = StoredEvent {
+            position: 1,
+            id: uuid::Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap(),
+            organization_id: "org-1".into(),
+            event_type: "pod.failed".into(),
+            resource_type: "pod".into(),
+            resource_id: "pod-7f9c".into(),
+            workspace_id: None,
+            trace: None,
+            json: bytes::Bytes::from_static(json),
+            sse: Default::default(),
+        };
+        let frame = event_frame("s1", &event, EventFormat::CloudEvents).unwrap();
+        let cloudevent = encode(&event.json, EventFormat::CloudEvents).unwrap();
+        let parsed: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"op": "event", "subscription": "s1",
+                   "event": serde_json::from_slice::<Value>(&cloudevent).unwrap()})
+        );
+        assert_eq!(
+            parsed["event"]["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(parsed["event"]["specversion"], "1.0");
+    }
+
+    #[test]
     fn the_typed_frames_keep_the_bytes_of_the_contract_shapes() {
         let cases = [
             (ServerFrame::Pong {}.to_text(), r#"{"op":"pong"}"#),

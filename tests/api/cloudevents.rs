@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_KEY, SseClient, TestApp, assert_error, json_of, python_imports, python_venv, run_python,
-    spawn_app, spawn_app_with,
+    ADMIN_KEY, SseClient, TestApp, assert_error, custom, json_of, python_imports, python_venv,
+    run_python, spawn_app, spawn_app_with,
 };
 use crate::receiver::{Received, Receiver};
 use crate::webhooks::verify;
@@ -1035,4 +1035,157 @@ async fn the_cli_emits_a_cloudevent_and_prints_history_and_tail_as_cloudevents()
     ))
     .await;
     assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+/// The trace-id of a `traceparent` (its second field).
+fn trace_id(traceparent: &Value) -> String {
+    let text = traceparent.as_str().expect("a traceparent");
+    text.split('-').nth(1).expect("a trace-id").to_owned()
+}
+
+#[tokio::test]
+async fn cloudevents_carry_the_trace_context_both_ways() {
+    const HEADER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const ATTRIBUTE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let app = spawn_app().await;
+    let service = app.key("org-a", "service").await;
+
+    // Out: a traced event's CloudEvent carries its traceparent and tracestate.
+    let traced = json_of(
+        app.client
+            .post(app.url("/v1/events"))
+            .bearer_auth(&service)
+            .header("traceparent", HEADER)
+            .header("tracestate", "rojo=00f067aa0ba902b7")
+            .json(&json!({"type": "pod.failed", "resourceType": "pod", "resourceId": "p-1"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let one = json_of(
+        app.get(
+            &service,
+            &format!(
+                "/v1/events/{}?format=cloudevents",
+                traced["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(one["traceparent"], traced["traceparent"]);
+    assert_eq!(
+        trace_id(&one["traceparent"]),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(one["tracestate"], "rojo=00f067aa0ba902b7");
+    let page = json_of(
+        app.get(&service, "/v1/events?format=cloudevents")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(page["data"][0]["traceparent"], traced["traceparent"]);
+    // An untraced event's CloudEvent has no trace attributes.
+    let plain = app.emit(&service, &custom("untraced")).await;
+    let one = json_of(
+        app.get(
+            &service,
+            &format!(
+                "/v1/events/{}?format=cloudevents",
+                plain["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        one.get("traceparent").is_none() && one.get("tracestate").is_none(),
+        "{one}"
+    );
+
+    // In: a structured CloudEvent's traceparent extension is the event's trace context.
+    let mut with_attribute = cloudevent("ce-t1", "/organizations/org-a", "build/b-1");
+    with_attribute["traceparent"] = json!(ATTRIBUTE);
+    with_attribute["tracestate"] = json!("congo=t61rcWkgMzE");
+    let event = json_of(
+        post_structured(&app, &service, &with_attribute).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        trace_id(&event["traceparent"]),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert_eq!(event["tracestate"], "congo=t61rcWkgMzE");
+    let kept = app
+        .history_all(&service, "order=asc&types=custom.build.*")
+        .await;
+    assert_eq!(kept.last().unwrap()["traceparent"], event["traceparent"]);
+
+    // The request's traceparent header wins over the attribute.
+    let mut both = cloudevent("ce-t2", "/organizations/org-a", "build/b-2");
+    both["traceparent"] = json!(ATTRIBUTE);
+    let event = json_of(
+        app.client
+            .post(app.url("/v1/events"))
+            .bearer_auth(&service)
+            .header("content-type", STRUCTURED)
+            .header("traceparent", HEADER)
+            .body(both.to_string())
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        trace_id(&event["traceparent"]),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+
+    // Binary mode: the traceparent HTTP header carries it.
+    let event = json_of(
+        binary(&app, &service, &BINARY_HEADERS, r#"{"exitCode":1}"#)
+            .header("traceparent", ATTRIBUTE)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(
+        trace_id(&event["traceparent"]),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+
+    // An invalid traceparent attribute is ignored, as an invalid header is; one that is not a
+    // string is refused naming it.
+    let mut invalid = cloudevent("ce-t3", "/organizations/org-a", "build/b-3");
+    invalid["traceparent"] = json!("not-a-traceparent");
+    let event = json_of(
+        post_structured(&app, &service, &invalid).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(event.get("traceparent").is_none(), "{event}");
+    let mut typed = cloudevent("ce-t4", "/organizations/org-a", "build/b-4");
+    typed["traceparent"] = json!(7);
+    assert_error(
+        post_structured(&app, &service, &typed).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("traceparent"),
+    )
+    .await;
 }
