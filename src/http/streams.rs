@@ -65,9 +65,13 @@ impl StreamRequest {
             .transpose()?;
         let last_event_id_header = last_event_id_header
             .map(|v| {
-                visible_ascii(v).map(str::to_owned).ok_or_else(|| {
-                    ApiError::invalid("Last-Event-ID", "Last-Event-ID must be ASCII")
-                })
+                visible_ascii(v)
+                    // The documented pattern: printable ASCII, no tab.
+                    .filter(|id| !id.contains('\t'))
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ApiError::invalid("Last-Event-ID", "Last-Event-ID must be printable ASCII")
+                    })
             })
             .transpose()?;
         let (principal, ticket_expires_ms) = state

@@ -342,3 +342,22 @@ pub(super) enum Rejoin {
     NeedsStore,
     Closed,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle stream keeps besides its socket's kernel buffers (BENCHMARKS.md, "Memory
+    /// per idle subscriber"): this struct, its filter's strings, and its task.
+    #[test]
+    fn an_idle_subscribers_state_stays_small() {
+        let bytes = std::mem::size_of::<Subscriber>();
+        println!(
+            "Subscriber {bytes} B (TcpStream {} B, Filter {} B, CancellationToken {} B)",
+            std::mem::size_of::<TcpStream>(),
+            std::mem::size_of::<Filter>(),
+            std::mem::size_of::<CancellationToken>()
+        );
+        assert!(bytes <= 320, "Subscriber grew to {bytes} bytes");
+    }
+}
