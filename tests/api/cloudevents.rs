@@ -1043,6 +1043,15 @@ fn trace_id(traceparent: &Value) -> String {
     text.split('-').nth(1).expect("a trace-id").to_owned()
 }
 
+/// `GET /v1/events/{id}?format=cloudevents` of a stored `event`.
+async fn one_as_cloudevent(app: &TestApp, key: &str, event: &Value) -> Value {
+    let path = format!(
+        "/v1/events/{}?format=cloudevents",
+        event["id"].as_str().unwrap()
+    );
+    json_of(app.get(key, &path).send().await.unwrap(), StatusCode::OK).await
+}
+
 #[tokio::test]
 async fn cloudevents_carry_the_trace_context_both_ways() {
     const HEADER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -1064,20 +1073,7 @@ async fn cloudevents_carry_the_trace_context_both_ways() {
         StatusCode::CREATED,
     )
     .await;
-    let one = json_of(
-        app.get(
-            &service,
-            &format!(
-                "/v1/events/{}?format=cloudevents",
-                traced["id"].as_str().unwrap()
-            ),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let one = one_as_cloudevent(&app, &service, &traced).await;
     assert_eq!(one["traceparent"], traced["traceparent"]);
     assert_eq!(
         trace_id(&one["traceparent"]),
@@ -1095,20 +1091,7 @@ async fn cloudevents_carry_the_trace_context_both_ways() {
     assert_eq!(page["data"][0]["traceparent"], traced["traceparent"]);
     // An untraced event's CloudEvent has no trace attributes.
     let plain = app.emit(&service, &custom("untraced")).await;
-    let one = json_of(
-        app.get(
-            &service,
-            &format!(
-                "/v1/events/{}?format=cloudevents",
-                plain["id"].as_str().unwrap()
-            ),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let one = one_as_cloudevent(&app, &service, &plain).await;
     assert!(
         one.get("traceparent").is_none() && one.get("tracestate").is_none(),
         "{one}"
