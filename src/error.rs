@@ -43,8 +43,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
-    #[error("{0}")]
-    UnsupportedMediaType(String),
+    /// `param` names the attribute at fault when it is one (a CloudEvent's `datacontenttype`).
+    #[error("{message}")]
+    UnsupportedMediaType {
+        message: String,
+        param: Option<String>,
+    },
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
@@ -66,6 +70,14 @@ pub enum ApiError {
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    /// A 415, naming the parameter (or CloudEvents attribute) at fault.
+    pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::UnsupportedMediaType {
             message: message.into(),
             param: Some(param.into()),
         }
@@ -110,7 +122,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
-            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::RequestTimeout(_) => ErrorCode::RequestTimeout,
             ApiError::Unavailable | ApiError::NotReady(_) | ApiError::Overloaded(_) => {
@@ -142,7 +154,8 @@ impl ResponseError for ApiError {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
         let param = match self {
-            ApiError::InvalidRequest { param, .. } => param.clone(),
+            ApiError::InvalidRequest { param, .. }
+            | ApiError::UnsupportedMediaType { param, .. } => param.clone(),
             _ => None,
         };
         let body = ErrorBody::new(self.kind(), self.to_string(), param);

@@ -5,7 +5,9 @@
 //!
 //! 1. **Domain** — what the broker is about, with no I/O:
 //!    [`event`] (the event, its validated fields, its wire JSON, monotonic ids and timestamps),
-//!    [`filter`] (organization scope, type globs, exact fields), [`keys`] (keys, roles, the
+//!    [`filter`] (organization scope, type globs, exact fields), [`cloudevents`] (an event
+//!    written as a CloudEvent for every transport, and a received CloudEvent read as an event
+//!    draft), [`keys`] (keys, roles, the
 //!    credential events a key's life leaves), [`tickets`] (signed, expiring stream tickets),
 //!    [`error`] (the one error type, mapped to the contract's JSON in one place), [`shutdown`]
 //!    (the process-wide cancellation token), [`config`] (flags and `CPOD_*` variables),
@@ -48,6 +50,7 @@
 pub mod asyncapi;
 pub mod auth;
 pub mod cli;
+pub mod cloudevents;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -18,9 +18,9 @@ use crate::event::{Event, NewEventBody};
 use crate::http::wire::frames::{ClientFrame, ServerFrame, SseReset};
 use crate::http::wire::{
     AttemptView, BatchBody, CreatedKey, CreatedWebhook, DeletedWebhook, DeliveryPage, DeliveryView,
-    EventList, EventPage, Health, KeyList, KeyView, NewKeyBody, NewWebhookBody, QueuedDelivery,
-    RotatedSecret, TestResult, TicketBody, TicketRequest, TypeGlob, WebhookList, WebhookPatchBody,
-    WebhookView,
+    EventList, EventPage, Health, HistoryItem, HistoryPageSchema, KeyList, KeyView, NewKeyBody,
+    NewWebhookBody, QueuedDelivery, RotatedSecret, TestResult, TicketBody, TicketRequest, TypeGlob,
+    WebhookList, WebhookPatchBody, WebhookView,
 };
 use cpod_proto::CloudEvent;
 
@@ -56,7 +56,7 @@ use cpod_proto::CloudEvent;
         crate::http::dashboard::index,
         crate::http::dashboard::sdk,
     ),
-    components(schemas(Event, CloudEvent, ClientFrame, ServerFrame, SseReset, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob)),
+    components(schemas(Event, CloudEvent, ClientFrame, ServerFrame, SseReset, ErrorBody, ErrorDetail, NewEventBody, BatchBody, EventList, EventPage, NewKeyBody, KeyList, KeyView, CreatedKey, TicketRequest, TicketBody, WebhookView, CreatedWebhook, NewWebhookBody, WebhookPatchBody, WebhookList, RotatedSecret, TestResult, DeliveryPage, DeliveryView, AttemptView, Health, DeletedWebhook, QueuedDelivery, TypeGlob, HistoryItem, HistoryPageSchema, cpod_proto::cloudevents::EventFormat, cpod_proto::cloudevents::ContentMode)),
     modifiers(&BearerAuth, &CommonResponses, &Links),
     tags((name = "events"), (name = "streams"), (name = "webhooks"), (name = "keys"), (name = "operations"), (name = "dashboard"))
 )]
@@ -146,7 +146,7 @@ const COMMON: &[CommonResponse] = &[
     CommonResponse {
         name: "UnsupportedMediaType",
         status: 415,
-        description: "The body is not sent as `Content-Type: application/json`",
+        description: "The body is not in a content type the endpoint takes (`application/json`; for events also CloudEvents), or a CloudEvent's data is not JSON (`param` names `datacontenttype` or `data_base64`)",
         header: None,
     },
     CommonResponse {

@@ -69,6 +69,10 @@
  *   any 4xx answer but 408 and 429 (the key was revoked: 401; a filter or a `ticketTtlSeconds`
  *   the broker refuses: 400; 403); the stream is closed
  * @property {number} [ticketTtlSeconds] lifetime of each stream ticket (default 3600)
+ * @property {'cpod'|'cloudevents'} [format] how the broker writes each event: its own JSON (the
+ *   default) or a structured CloudEvent 1.0, which `onEvent` then receives as it came; local
+ *   subscriptions (`events.subscribe`) still get the cPod event it maps back to
+ *   (`fromCloudEvent`)
  */
 
 /** An answer of the broker that is not a success, or a broker that cannot be reached. */
@@ -167,7 +171,47 @@ export function matchesFilter(filter, event) {
 }
 
 const FILTER_FIELDS = ['organizationId', 'types', 'resourceType', 'resourceId', 'workspaceId'];
-const HISTORY_FIELDS = [...FILTER_FIELDS, 'since', 'until', 'limit', 'order', 'cursor'];
+const HISTORY_FIELDS = [...FILTER_FIELDS, 'since', 'until', 'limit', 'order', 'cursor', 'format'];
+const FORMATS = ['cpod', 'cloudevents'];
+
+/**
+ * The cPod event a CloudEvent from the broker maps back to (README, "CloudEvents"): `source`
+ * `/organizations/<org>[/workspaces/<ws>]`, `subject` `<resourceType>/<resourceId>`, `time`,
+ * `data`.
+ * @param {Object} cloudEvent a structured CloudEvent 1.0
+ * @returns {CpodEvent}
+ */
+export function fromCloudEvent(cloudEvent) {
+  const source = /^\/organizations\/([^/]+)(?:\/workspaces\/([^/]+))?$/.exec(cloudEvent.source || '');
+  if (!source) throw new TypeError(`a CloudEvent whose source names no organization: ${cloudEvent.source}`);
+  const subject = String(cloudEvent.subject || '');
+  const slash = subject.indexOf('/');
+  if (slash < 0) throw new TypeError(`a CloudEvent whose subject is not <resourceType>/<resourceId>: ${subject}`);
+  const time = new Date(cloudEvent.time);
+  return {
+    id: cloudEvent.id,
+    type: cloudEvent.type,
+    resourceId: subject.slice(slash + 1),
+    resourceType: subject.slice(0, slash),
+    organizationId: source[1],
+    workspaceId: source[2] === undefined ? null : source[2],
+    payload: cloudEvent.data == null ? {} : cloudEvent.data,
+    timestamp: Number.isNaN(time.getTime()) ? cloudEvent.time : time.toISOString(),
+  };
+}
+
+/**
+ * A `format` option, checked as the broker checks it.
+ * @param {unknown} format
+ * @returns {'cpod'|'cloudevents'}
+ */
+function formatOf(format) {
+  if (format === undefined || format === null) return 'cpod';
+  if (!FORMATS.includes(format)) {
+    throw new TypeError(`format must be ${FORMATS.join(' or ')}, not \`${format}\``);
+  }
+  return format;
+}
 
 /**
  * The broker's query parameters for these options; an unknown option is refused (as the
@@ -289,7 +333,8 @@ class Events {
   }
 
   /**
-   * One page of history, newest first unless `order: 'asc'`.
+   * One page of history, newest first unless `order: 'asc'`; with `format: 'cloudevents'`, a
+   * page of structured CloudEvents.
    * @param {HistoryOptions} [options]
    * @returns {Promise<HistoryPage>}
    */
@@ -301,12 +346,15 @@ class Events {
   }
 
   /**
-   * One event by id.
+   * One event by id; with `{format: 'cloudevents'}`, as a structured CloudEvent.
    * @param {string} id
+   * @param {{format?: 'cpod'|'cloudevents'}} [options]
    * @returns {Promise<CpodEvent>}
    */
-  get(id) {
-    return this.client.request('GET', `/v1/events/${encodeURIComponent(id)}`);
+  get(id, options = {}) {
+    return this.client.request('GET', `/v1/events/${encodeURIComponent(id)}`, {
+      query: queryOf(options, ['format']),
+    });
   }
 
   /**
@@ -383,6 +431,8 @@ export class EventStream {
     this.client = client;
     this.query = queryOf(filter, FILTER_FIELDS);
     this.options = options;
+    this.format = formatOf(options.format);
+    if (this.format !== 'cpod') this.query.set('format', this.format);
     /** The id of the last event received: where a reopened stream resumes. */
     this.lastEventId = options.lastEventId || null;
     this.since = options.since instanceof Date ? options.since.toISOString() : options.since;
@@ -470,8 +520,10 @@ export class EventStream {
     source.onmessage = (message) => {
       if (this.source !== source) return;
       let event;
+      let cpodEvent;
       try {
         event = JSON.parse(message.data);
+        cpodEvent = this.format === 'cloudevents' ? fromCloudEvent(event) : event;
       } catch {
         return;
       }
@@ -479,7 +531,7 @@ export class EventStream {
       // From now on the browser's reconnects send Last-Event-ID, which wins over the URL.
       resumePointGone = false;
       if (this.options.onEvent) this.options.onEvent(event);
-      this.client.events.dispatch(event);
+      this.client.events.dispatch(cpodEvent);
     };
     source.addEventListener('reset', (message) => {
       if (this.source !== source) return;

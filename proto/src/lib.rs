@@ -7,21 +7,21 @@
 //!   each code's HTTP status, and [`FieldError`] (a refused field)
 //! - [`signing`]  — webhook signatures (Standard Webhooks and `X-Cpod-Signature`) and their check
 //! - [`webhooks`] — the webhook records the API answers: endpoints, deliveries, attempts
-//! - [`cloudevent`] — the event in CloudEvents 1.0 structured JSON form (`format=cloudevents`)
+//! - [`cloudevents`] — the event as a CloudEvent (1.0) and back, and the formats events travel in
 //!
 //! Pure data and functions: no I/O, no runtime, no HTTP stack. With the `openapi` feature the wire
 //! types derive `utoipa::ToSchema` under the names the broker's OpenAPI document gives them.
 
 #![warn(missing_docs)]
 
-pub mod cloudevent;
+pub mod cloudevents;
 pub mod error;
 pub mod event;
 pub mod filter;
 pub mod signing;
 pub mod webhooks;
 
-pub use cloudevent::CloudEvent;
+pub use cloudevents::CloudEvent;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use event::Event;
 pub use filter::{EventKey, TypePattern, glob_matches};

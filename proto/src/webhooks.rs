@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cloudevents::{ContentMode, EventFormat};
+
 /// An endpoint as listed (no secret).
 ///
 /// ```
@@ -41,6 +43,12 @@ pub struct Webhook {
     pub disabled_reason: Option<String>,
     /// ISO 8601 UTC.
     pub created_at: String,
+    /// How deliveries are written: `cpod` (the event's JSON) or `cloudevents`.
+    #[serde(default)]
+    pub format: EventFormat,
+    /// With `format: cloudevents`: `structured` or `binary`; `null` otherwise.
+    #[serde(default)]
+    pub content_mode: Option<ContentMode>,
 }
 
 /// A new endpoint and its signing secret, shown this once.
@@ -176,6 +184,8 @@ mod tests {
                 enabled: true,
                 disabled_reason: None,
                 created_at: "2026-05-01T12:00:00.000Z".into(),
+                format: EventFormat::CloudEvents,
+                content_mode: Some(ContentMode::Binary),
             },
             secret: "whsec_x".into(),
         };
@@ -183,6 +193,8 @@ mod tests {
         assert_eq!(json["secret"], "whsec_x");
         assert_eq!(json["organizationId"], "org-1");
         assert!(json["disabledReason"].is_null());
+        assert_eq!(json["format"], "cloudevents");
+        assert_eq!(json["contentMode"], "binary");
         let back: CreatedWebhook = serde_json::from_value(json).unwrap();
         assert_eq!(back, created);
     }

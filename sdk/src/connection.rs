@@ -7,8 +7,26 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
 
-use crate::error::Result;
+use cpod_proto::cloudevents::{EventFormat, from_cloudevent};
+
+use crate::error::{Error, Result};
 use crate::model::Event;
+
+/// An event's JSON as a stream carries it in `format`: cPod's event, or a structured CloudEvent
+/// (read by the CloudEvents SDK, then mapped back to the event it was made from).
+pub(crate) fn decode_event(json: &str, format: EventFormat) -> Result<Event> {
+    let not_an_event = |e: &dyn std::fmt::Display| {
+        Error::Protocol(format!("an event that is not an event ({e}): {json}"))
+    };
+    match format {
+        EventFormat::Cpod => serde_json::from_str::<Event>(json).map_err(|e| not_an_event(&e)),
+        EventFormat::CloudEvents => {
+            let cloudevent: cloudevents::Event =
+                serde_json::from_str(json).map_err(|e| not_an_event(&e))?;
+            from_cloudevent(&cloudevent).map_err(|e| not_an_event(&e))
+        }
+    }
+}
 
 /// How far before its acceptance a stream that has yielded nothing yet resumes (`since`), for
 /// the resolution of `Date` (whole seconds) and clocks that disagree a little.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::api::{Api, check};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
-use crate::model::{Emitted, EmittedBatch, Event, HistoryQuery, NewEvent, Page};
+use crate::model::{Emitted, EmittedBatch, Event, EventFormat, HistoryQuery, NewEvent, Page};
 use crate::stream::{EventStream, StreamOptions, Transport};
 
 /// Events of one broker. Get it with [`CpodClient::events`](crate::CpodClient::events).
@@ -184,6 +184,48 @@ impl Events {
         self.api.send(request).await
     }
 
+    /// One page of history as CloudEvents (`format=cloudevents`), read by the CloudEvents SDK;
+    /// [`cpod_proto::cloudevents::from_cloudevent`] maps one back to its [`Event`].
+    ///
+    /// ```no_run
+    /// use cloudevents::AttributesReader;
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let page = client.events().get_history_cloudevents(&cpod_sdk::HistoryQuery::new()).await?;
+    /// for cloudevent in &page.data {
+    ///     println!("{} {} {:?}", cloudevent.ty(), cloudevent.source(), cloudevent.subject());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_history_cloudevents(
+        &self,
+        query: &HistoryQuery,
+    ) -> Result<Page<cloudevents::Event>> {
+        let mut query = query.clone();
+        query.format = Some(EventFormat::CloudEvents);
+        let request = self
+            .api
+            .request(Method::GET, "/v1/events")
+            .query(&query.to_pairs());
+        self.api.send(request).await
+    }
+
+    /// One event by id, as a CloudEvent (`format=cloudevents`).
+    ///
+    /// ```no_run
+    /// # async fn run(client: cpod_sdk::CpodClient) -> cpod_sdk::Result<()> {
+    /// let cloudevent = client.events().get_cloudevent("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_cloudevent(&self, id: &str) -> Result<cloudevents::Event> {
+        let mut url = self.api.url("/v1/events");
+        url.path_segments_mut()
+            .map_err(|()| Error::Config("the base URL cannot hold a path".into()))?
+            .push(id);
+        url.query_pairs_mut()
+            .append_pair("format", EventFormat::CloudEvents.as_str());
+        self.api.send(self.api.request_url(Method::GET, url)).await
+    }
+
     /// Every event of a history query, page after page, following cursors (the query's own
     /// `limit` is the page size; 1000 when unset). Pages never repeat or skip an event, even
     /// while new ones arrive.
@@ -294,6 +336,46 @@ impl Events {
     ) -> Result<Emitted> {
         self.emit_with(event, &EmitOptions::new().idempotency_key(idempotency_key))
             .await
+    }
+
+    /// Stores one CloudEvent, sent in structured mode (`application/cloudevents+json`); answers
+    /// the stored event. Its `source` (`/organizations/<org>[/workspaces/<ws>]`, or any other
+    /// for the key's own organization) and `subject` (`<resourceType>/<resourceId>`) place it;
+    /// without an idempotency key, the broker keys it by its source and id.
+    ///
+    /// ```no_run
+    /// use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # async fn run(client: cpod_sdk::CpodClient) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cloudevent = EventBuilderV10::new()
+    ///     .id("run-42")
+    ///     .source("/organizations/org-1")
+    ///     .ty("custom.report.generated")
+    ///     .subject("report/r-9")
+    ///     .data("application/json", serde_json::json!({"rows": 1240}))
+    ///     .build()?;
+    /// let stored = client.events().emit_cloudevent(&cloudevent, None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn emit_cloudevent(
+        &self,
+        cloudevent: &cloudevents::Event,
+        idempotency_key: Option<&str>,
+    ) -> Result<Emitted> {
+        let body = serde_json::to_vec(cloudevent)
+            .map_err(|e| Error::Protocol(format!("the CloudEvent does not serialize: {e}")))?;
+        let mut request = self
+            .api
+            .request(Method::POST, "/v1/events")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                cpod_proto::cloudevents::STRUCTURED_MEDIA_TYPE,
+            )
+            .body(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let (event, replayed) = self.send_replayable(request).await?;
+        Ok(Emitted { event, replayed })
     }
 
     /// Stores 1 to 1000 events atomically: all or none (an error names `events[i]`).

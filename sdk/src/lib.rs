@@ -61,6 +61,6 @@ pub use error::{ApiError, Error, Result};
 pub use events::{EmitOptions, Events, Subscription};
 pub use filter::Filter;
 pub use keys::Keys;
-pub use model::{Emitted, EmittedBatch, Event, HistoryQuery, NewEvent, Order, Page};
+pub use model::{Emitted, EmittedBatch, Event, EventFormat, HistoryQuery, NewEvent, Order, Page};
 pub use stream::{EventStream, StreamItem, StreamOptions};
 pub use webhooks::Webhooks;

@@ -7,6 +7,7 @@ use serde_json::Value;
 /// An event as the broker stored it: the same JSON in history, streams and webhooks (the wire
 /// crate's, which the broker serializes).
 pub use cpod_proto::Event;
+pub use cpod_proto::cloudevents::EventFormat;
 
 /// An event to emit: type, resource, optional payload and workspace.
 ///
@@ -189,6 +190,11 @@ pub struct HistoryQuery {
     pub order: Option<Order>,
     /// The `next_cursor` of the previous page (with the same filters).
     pub cursor: Option<String>,
+    /// The broker's own JSON (the default) or CloudEvents; [`Events::get_history_cloudevents`]
+    /// sets it.
+    ///
+    /// [`Events::get_history_cloudevents`]: crate::Events::get_history_cloudevents
+    pub format: Option<EventFormat>,
 }
 
 macro_rules! setters {
@@ -318,6 +324,9 @@ impl HistoryQuery {
         }
         if let Some(order) = self.order {
             pairs.push(("order", order.as_str().to_owned()));
+        }
+        if let Some(format) = self.format {
+            pairs.push(("format", format.as_str().to_owned()));
         }
         pairs
     }

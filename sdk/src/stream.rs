@@ -21,11 +21,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use cpod_proto::cloudevents::EventFormat;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::api::Api;
-use crate::connection::{Connection, Incoming, Resume, accepted_since};
+use crate::connection::{Connection, Incoming, Resume, accepted_since, decode_event};
 use crate::error::{Error, Result};
 use crate::filter::Filter;
 use crate::model::Event;
@@ -94,6 +95,7 @@ pub enum StreamItem {
 pub struct StreamOptions {
     last_event_id: Option<String>,
     since: Option<String>,
+    format: EventFormat,
     max_backoff: Duration,
     idle_timeout: Duration,
 }
@@ -103,6 +105,7 @@ impl Default for StreamOptions {
         Self {
             last_event_id: None,
             since: None,
+            format: EventFormat::Cpod,
             max_backoff: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(45),
         }
@@ -136,6 +139,18 @@ impl StreamOptions {
     /// ```
     pub fn since(mut self, since: impl Into<String>) -> Self {
         self.since = Some(since.into());
+        self
+    }
+
+    /// The format the broker writes events in (`format=`): its own JSON (the default) or
+    /// structured CloudEvents, which the stream reads back into [`Event`]s with the one
+    /// mapping of `cpod_proto::cloudevents`.
+    ///
+    /// ```
+    /// let options = cpod_sdk::StreamOptions::new().format(cpod_sdk::EventFormat::CloudEvents);
+    /// ```
+    pub fn format(mut self, format: EventFormat) -> Self {
+        self.format = format;
         self
     }
 
@@ -292,7 +307,7 @@ async fn run(
         // A broker that accepts the connection but never answers counts as a failed attempt.
         let attempt_connect = tokio::time::timeout(
             options.idle_timeout,
-            connect(&api, transport, &filter, &resume),
+            connect(&api, transport, &filter, &resume, options.format),
         );
         let connected = tokio::select! {
             _ = items.closed() => return,
@@ -395,16 +410,25 @@ async fn connect(
     transport: Transport,
     filter: &Filter,
     resume: &Resume,
+    format: EventFormat,
 ) -> Result<(Connection, String)> {
     match transport {
-        Transport::Sse => connect_sse(api, filter, resume).await,
-        Transport::WebSocket => crate::ws::connect(api, filter, resume).await,
+        Transport::Sse => connect_sse(api, filter, resume, format).await,
+        Transport::WebSocket => crate::ws::connect(api, filter, resume, format).await,
     }
 }
 
 /// Opens an SSE stream; answers it and the `since` of its acceptance ([`accepted_since`]).
-async fn connect_sse(api: &Api, filter: &Filter, resume: &Resume) -> Result<(Connection, String)> {
+async fn connect_sse(
+    api: &Api,
+    filter: &Filter,
+    resume: &Resume,
+    format: EventFormat,
+) -> Result<(Connection, String)> {
     let mut pairs = filter.to_pairs();
+    if format != EventFormat::Cpod {
+        pairs.push(("format", format.as_str().to_owned()));
+    }
     let mut request = api
         .stream_request("/v1/events/stream")
         .header(reqwest::header::ACCEPT, "text/event-stream");
@@ -440,7 +464,7 @@ async fn connect_sse(api: &Api, filter: &Filter, resume: &Resume) -> Result<(Con
             Err(e) => items.push(Err(e)),
             Ok(messages) => {
                 for message in messages {
-                    message_to_incoming(message, &mut items);
+                    message_to_incoming(message, format, &mut items);
                 }
                 // A chunk with no complete message (a keep-alive comment) still shows life.
                 items.push(Ok(Incoming::Alive));
@@ -453,7 +477,11 @@ async fn connect_sse(api: &Api, filter: &Filter, resume: &Resume) -> Result<(Con
 
 /// What one SSE message reports: its `retry:` (in whichever message it comes), then its event
 /// or reset.
-fn message_to_incoming(message: crate::sse::Message, out: &mut Vec<Result<Incoming>>) {
+fn message_to_incoming(
+    message: crate::sse::Message,
+    format: EventFormat,
+    out: &mut Vec<Result<Incoming>>,
+) {
     if let Some(ms) = message.retry {
         out.push(Ok(Incoming::Retry(Duration::from_millis(ms))));
     }
@@ -464,9 +492,7 @@ fn message_to_incoming(message: crate::sse::Message, out: &mut Vec<Result<Incomi
         return;
     };
     out.push(match message.event.as_deref() {
-        None | Some("message") => serde_json::from_str::<Event>(&data)
-            .map(|e| Incoming::Event(Box::new(e)))
-            .map_err(|e| Error::Protocol(format!("an event that is not an event ({e}): {data}"))),
+        None | Some("message") => decode_event(&data, format).map(|e| Incoming::Event(Box::new(e))),
         Some("reset") => {
             let reason = serde_json::from_str::<serde_json::Value>(&data)
                 .ok()
@@ -528,7 +554,7 @@ mod tests {
         let decode = |wire: &[u8]| {
             let mut out = Vec::new();
             for message in crate::sse::Decoder::default().feed(wire).unwrap() {
-                message_to_incoming(message, &mut out);
+                message_to_incoming(message, EventFormat::Cpod, &mut out);
             }
             out
         };
@@ -549,5 +575,23 @@ mod tests {
         assert_eq!(both.len(), 2, "{both:?}");
         assert!(matches!(both[0], Ok(Incoming::Retry(d)) if d == Duration::from_millis(4000)));
         assert!(matches!(&both[1], Ok(Incoming::Event(e)) if e.id == "2"));
+    }
+
+    #[test]
+    fn a_cloudevent_data_line_reads_back_as_its_event() {
+        let event: Event = serde_json::from_str(r#"{"id":"1","type":"pod.failed","resourceId":"p/1","resourceType":"pod","organizationId":"o","workspaceId":"w","payload":{"a":1},"timestamp":"2026-05-01T12:00:00.123Z"}"#).unwrap();
+        let data = cpod_proto::cloudevents::to_structured_json(&event).to_string();
+        let mut out = Vec::new();
+        let wire = format!("id: 1\ndata: {data}\n\n");
+        for message in crate::sse::Decoder::default()
+            .feed(wire.as_bytes())
+            .unwrap()
+        {
+            message_to_incoming(message, EventFormat::CloudEvents, &mut out);
+        }
+        assert!(
+            matches!(&out[0], Ok(Incoming::Event(e)) if **e == event),
+            "{out:?}"
+        );
     }
 }

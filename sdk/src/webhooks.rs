@@ -14,6 +14,8 @@ use crate::api::path_segment;
 use crate::error::Result;
 use crate::model::Page;
 
+/// How an endpoint's deliveries are written.
+pub use cpod_proto::cloudevents::{ContentMode, EventFormat};
 /// The check of a delivery, shared with the broker's signing (`cpod-proto`): [`verify`] takes
 /// `http`'s `HeaderMap` (reqwest's), a `HashMap<String, String>` or a slice of pairs.
 pub use cpod_proto::signing::{Headers, MAX_SIGNATURES, TOLERANCE, VerifyError, verify, verify_at};
@@ -53,6 +55,12 @@ pub struct NewWebhook {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// A note for people.
     pub description: Option<String>,
+    /// How deliveries are written; unset means the event's own JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<EventFormat>,
+    /// With CloudEvents: structured (the default) or binary content mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_mode: Option<ContentMode>,
 }
 
 impl NewWebhook {
@@ -99,6 +107,18 @@ impl NewWebhook {
     /// ```
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
+        self
+    }
+
+    /// Deliveries as CloudEvents, in this content mode.
+    ///
+    /// ```
+    /// use cpod_sdk::webhooks::{ContentMode, NewWebhook};
+    /// let new = NewWebhook::new("https://example.com/knative").cloudevents(ContentMode::Binary);
+    /// ```
+    pub fn cloudevents(mut self, content_mode: ContentMode) -> Self {
+        self.format = Some(EventFormat::CloudEvents);
+        self.content_mode = Some(content_mode);
         self
     }
 }

@@ -9,10 +9,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::api::Api;
-use crate::connection::{Connection, Incoming, Resume, accepted_since};
+use crate::connection::{Connection, Incoming, Resume, accepted_since, decode_event};
 use crate::error::{ApiError, Error, Result};
 use crate::filter::Filter;
-use crate::model::Event;
+use cpod_proto::cloudevents::EventFormat;
 
 /// The subscription's id on its socket.
 const SUBSCRIPTION: &str = "s1";
@@ -22,6 +22,7 @@ pub(crate) async fn connect(
     api: &Api,
     filter: &Filter,
     resume: &Resume,
+    format: EventFormat,
 ) -> Result<(Connection, String)> {
     let mut url = api.url("/v1/events/ws");
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
@@ -55,13 +56,16 @@ pub(crate) async fn connect(
         (None, Some(since)) => subscribe["since"] = Value::from(since.as_str()),
         (None, None) => {}
     }
+    if format != EventFormat::Cpod {
+        subscribe["format"] = Value::from(format.as_str());
+    }
     socket
         .send(Message::Text(subscribe.to_string().into()))
         .await?;
-    let incoming = socket.filter_map(|message| async move {
+    let incoming = socket.filter_map(move |message| async move {
         match message {
             Err(e) => Some(Err(Error::from(e))),
-            Ok(Message::Text(text)) => Some(frame_to_incoming(&text)),
+            Ok(Message::Text(text)) => Some(frame_to_incoming(&text, format)),
             Ok(Message::Close(_)) => None,
             // Pings (answered by tungstenite), pongs and binary frames show life.
             Ok(_) => Some(Ok(Incoming::Alive)),
@@ -71,13 +75,13 @@ pub(crate) async fn connect(
 }
 
 /// One text frame from the broker.
-fn frame_to_incoming(text: &str) -> Result<Incoming> {
+fn frame_to_incoming(text: &str, format: EventFormat) -> Result<Incoming> {
     let frame: Value = serde_json::from_str(text)
         .map_err(|e| Error::Protocol(format!("a frame that is not JSON ({e}): {text}")))?;
     match frame.get("op").and_then(Value::as_str) {
-        Some("event") => serde_json::from_value::<Event>(frame["event"].clone())
-            .map(|e| Incoming::Event(Box::new(e)))
-            .map_err(|e| Error::Protocol(format!("an event that is not an event ({e}): {text}"))),
+        Some("event") => {
+            decode_event(&frame["event"].to_string(), format).map(|e| Incoming::Event(Box::new(e)))
+        }
         Some("reset") => Ok(Incoming::Reset {
             reason: frame["reason"]
                 .as_str()
@@ -108,22 +112,25 @@ mod tests {
     fn frames_become_events_resets_and_typed_errors() {
         let event = frame_to_incoming(
             r#"{"op":"event","subscription":"s1","event":{"id":"1","type":"job.failed","resourceId":"j","resourceType":"job","organizationId":"o","workspaceId":null,"payload":{},"timestamp":"t"}}"#,
+            EventFormat::Cpod,
         );
         assert!(matches!(event, Ok(Incoming::Event(e)) if e.event_type == "job.failed"));
         let reset = frame_to_incoming(
             r#"{"op":"reset","subscription":"s1","reason":"unknown_last_event_id"}"#,
+            EventFormat::Cpod,
         );
         assert!(
             matches!(reset, Ok(Incoming::Reset { reason }) if reason == "unknown_last_event_id")
         );
         let error = frame_to_incoming(
             r#"{"op":"error","id":"s1","code":"forbidden","message":"another organization"}"#,
+            EventFormat::Cpod,
         )
         .unwrap_err();
         assert_eq!(error.code(), Some("forbidden"));
         assert!(!error.is_transient());
         assert!(matches!(
-            frame_to_incoming(r#"{"op":"subscribed","id":"s1"}"#),
+            frame_to_incoming(r#"{"op":"subscribed","id":"s1"}"#, EventFormat::Cpod),
             Ok(Incoming::Alive)
         ));
     }

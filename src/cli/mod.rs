@@ -14,7 +14,9 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use cpod_sdk::keys::NewKey;
 use cpod_sdk::webhooks::NewWebhook;
-use cpod_sdk::{CpodClient, Filter, HistoryQuery, NewEvent, Order, StreamItem, StreamOptions};
+use cpod_sdk::{
+    CpodClient, EventFormat, Filter, HistoryQuery, NewEvent, Order, StreamItem, StreamOptions,
+};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +85,10 @@ pub struct TailArgs {
     /// Use the WebSocket endpoint instead of Server-Sent Events.
     #[arg(long)]
     pub ws: bool,
+    /// The format the broker streams in: `cpod` or `cloudevents` (with --json, each line is
+    /// then a structured CloudEvent).
+    #[arg(long, default_value = "cpod", value_parser = ["cpod", "cloudevents"])]
+    pub format: String,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +110,11 @@ pub struct EmitArgs {
     /// Store the event at most once for this key (24 hours).
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Send the event as a structured CloudEvent (`application/cloudevents+json`) with a new
+    /// random id; its source names --organization-id (and --workspace-id), or is `cpod-cli`
+    /// (the key's own organization).
+    #[arg(long)]
+    pub cloudevent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +141,10 @@ pub struct HistoryArgs {
     /// Follow cursors to the end.
     #[arg(long)]
     pub all: bool,
+    /// The format the broker answers in: `cpod` or `cloudevents` (with --json, each line is
+    /// then a structured CloudEvent).
+    #[arg(long, default_value = "cpod", value_parser = ["cpod", "cloudevents"])]
+    pub format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +197,13 @@ pub enum WebhooksCommand {
         resource_type: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Deliver structured CloudEvents (`--cloudevents`), or binary-mode ones with
+        /// `--content-mode binary`.
+        #[arg(long)]
+        cloudevents: bool,
+        /// With --cloudevents: `structured` (the default) or `binary`.
+        #[arg(long, requires = "cloudevents", value_parser = ["structured", "binary"])]
+        content_mode: Option<String>,
     },
     /// Delete an endpoint.
     Delete {
@@ -284,6 +306,8 @@ async fn tail(args: TailArgs) -> Result<(), CliError> {
     if let Some(since) = &args.since {
         options = options.since(since);
     }
+    let format = EventFormat::parse(&args.format).unwrap_or_default();
+    options = options.format(format);
     let filter = filter_of(&args.filter);
     let mut stream = if args.ws {
         client.events().stream_ws_with(filter, options)
@@ -300,7 +324,7 @@ async fn tail(args: TailArgs) -> Result<(), CliError> {
         match item {
             None => return Ok(()),
             Some(Err(error)) => return Err(error.into()),
-            Some(Ok(StreamItem::Event(event))) => printer.event(&event)?,
+            Some(Ok(StreamItem::Event(event))) => printer.event_in(&event, format)?,
             Some(Ok(StreamItem::Reset {
                 reason,
                 last_event_id,
@@ -351,6 +375,17 @@ async fn emit(args: EmitArgs) -> Result<(), CliError> {
         event = event.organization_id(org);
     }
     let printer = Printer::new(args.connection.json);
+    if args.cloudevent {
+        let emitted = client
+            .events()
+            .emit_cloudevent(&cloudevent_of(&event)?, args.idempotency_key.as_deref())
+            .await?;
+        if emitted.replayed {
+            eprintln!("cpod-events: already stored (a repeat); nothing new stored");
+        }
+        printer.event_in(&emitted.event, EventFormat::CloudEvents)?;
+        return Ok(());
+    }
     match &args.idempotency_key {
         None => printer.event(&client.events().emit(&event).await?)?,
         Some(key) => {
@@ -364,6 +399,39 @@ async fn emit(args: EmitArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The CloudEvent `emit --cloudevent` sends for `event`: a new random id; the source names the
+/// organization (and workspace) when given, else `cpod-cli` stands for the key's own.
+fn cloudevent_of(event: &NewEvent) -> Result<cloudevents::Event, CliError> {
+    use cloudevents::{EventBuilder, EventBuilderV10};
+    let source = match (&event.organization_id, &event.workspace_id) {
+        (Some(org), workspace) => cpod_proto::cloudevents::source_of(org, workspace.as_deref()),
+        (None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--cloudevent with --workspace-id needs --organization-id: the source names both"
+                    .into(),
+            ));
+        }
+        (None, None) => "cpod-cli".to_owned(),
+    };
+    EventBuilderV10::new()
+        .id(uuid::Uuid::new_v4().to_string())
+        .source(source)
+        .ty(event.event_type.as_str())
+        .subject(cpod_proto::cloudevents::subject_of(
+            &event.resource_type,
+            &event.resource_id,
+        ))
+        .data(
+            cpod_proto::cloudevents::DATA_CONTENT_TYPE,
+            event
+                .payload
+                .clone()
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+        )
+        .build()
+        .map_err(|e| CliError::Usage(format!("not a CloudEvent: {e}")))
 }
 
 async fn history(args: HistoryArgs) -> Result<(), CliError> {
@@ -385,7 +453,12 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
             Order::Desc
         }),
         cursor: args.cursor,
+        format: None,
     };
+    let format = EventFormat::parse(&args.format).unwrap_or_default();
+    if format == EventFormat::CloudEvents {
+        return history_cloudevents(&client, &printer, query, args.all).await;
+    }
     printer.event_header()?;
     if args.all {
         let mut events = std::pin::pin!(client.events().history(query));
@@ -402,6 +475,35 @@ async fn history(args: HistoryArgs) -> Result<(), CliError> {
         eprintln!("cpod-events: more events: --cursor {cursor} (or --all)");
     }
     Ok(())
+}
+
+/// `history --format cloudevents`: pages of CloudEvents as the broker wrote them, each read back
+/// into its event for the readable lines (with --json, printed as they came).
+async fn history_cloudevents(
+    client: &CpodClient,
+    printer: &Printer,
+    query: HistoryQuery,
+    all: bool,
+) -> Result<(), CliError> {
+    let mut query = query;
+    if all {
+        query.limit.get_or_insert(1000);
+    }
+    printer.event_header()?;
+    loop {
+        let page = client.events().get_history_cloudevents(&query).await?;
+        for cloudevent in &page.data {
+            printer.cloudevent(cloudevent)?;
+        }
+        match page.next_cursor.filter(|_| page.has_more) {
+            Some(cursor) if all => query = query.cursor(cursor),
+            Some(cursor) => {
+                eprintln!("cpod-events: more events: --cursor {cursor} (or --all)");
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+    }
 }
 
 async fn keys(command: KeysCommand) -> Result<(), CliError> {
@@ -452,13 +554,23 @@ async fn webhooks(command: WebhooksCommand) -> Result<(), CliError> {
             types,
             resource_type,
             description,
+            cloudevents,
+            content_mode,
         } => {
-            let new = NewWebhook {
+            let mut new = NewWebhook {
                 url,
                 types: (!types.is_empty()).then_some(types),
                 resource_type,
                 description,
+                ..NewWebhook::default()
             };
+            if cloudevents {
+                let mode = content_mode
+                    .as_deref()
+                    .and_then(cpod_sdk::webhooks::ContentMode::parse)
+                    .unwrap_or_default();
+                new = new.cloudevents(mode);
+            }
             let created = client(&connection)?.webhooks().create(&new).await?;
             Printer::new(connection.json).created_webhook(&created)?;
         }

@@ -9,9 +9,9 @@ use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
-use cpod_sdk::Event;
 use cpod_sdk::keys::{CreatedKey, KeyInfo};
 use cpod_sdk::webhooks::{CreatedWebhook, Delivery, TestResult, Webhook};
+use cpod_sdk::{Event, EventFormat};
 use serde::Serialize;
 
 /// A payload longer than this is cut in readable lines (never in `--json`).
@@ -149,6 +149,29 @@ impl Printer {
     }
 
     /// The column names above [`Printer::event`] lines (not in `--json`).
+    /// An event that travelled in `format`: with `--json` and CloudEvents, its structured
+    /// CloudEvent (the one mapping of `cpod_proto::cloudevents`); otherwise as [`Printer::event`].
+    pub fn event_in(&self, event: &Event, format: EventFormat) -> std::io::Result<()> {
+        match format {
+            EventFormat::CloudEvents if self.json => {
+                self.json_line(&cpod_proto::cloudevents::to_structured_json(event))
+            }
+            _ => self.event(event),
+        }
+    }
+
+    /// A CloudEvent from the broker: with `--json` as it came; otherwise the readable line of
+    /// the event it maps back to.
+    pub fn cloudevent(&self, cloudevent: &cloudevents::Event) -> std::io::Result<()> {
+        if self.json {
+            return self.json_line(cloudevent);
+        }
+        match cpod_proto::cloudevents::from_cloudevent(cloudevent) {
+            Ok(event) => self.event(&event),
+            Err(e) => self.line(&format!("(a CloudEvent that is not a cPod event: {e})")),
+        }
+    }
+
     pub fn event_header(&self) -> std::io::Result<()> {
         if self.json {
             return Ok(());

@@ -12,8 +12,10 @@ use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, NaiveDate};
 
 use crate::auth::Principal;
+use crate::cloudevents::{EventFormat, STRUCTURED_MEDIA_TYPE};
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
+use crate::http::cloudevents::{encode_answer, take_format};
 use crate::http::state::AppState;
 use crate::http::{QueryParams, parse_id};
 use crate::store::{HistoryQuery, Order};
@@ -40,7 +42,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get, path = "/v1/events", tag = "events",
     params(crate::http::wire::HistoryParams),
     responses(
-        (status = 200, description = "One page", body = crate::http::wire::EventPage),
+        (status = 200, description = "One page (with `format=cloudevents`, of CloudEvents)", content(
+            (crate::http::wire::HistoryPageSchema = "application/json"),
+        )),
         (status = 400, description = "A parameter is invalid; `param` names it", body = crate::error::ErrorBody),
         (status = 403, description = "The key may not read this organization (another one, or `*` without an admin key)", body = crate::error::ErrorBody),
     ),
@@ -51,7 +55,9 @@ pub async fn list_events(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = parse_history_query(&principal, QueryParams::parse(&req)?)?;
+    let mut params = QueryParams::parse(&req)?;
+    let format = take_format(&mut params)?;
+    let query = parse_history_query(&principal, params)?;
     let order = query.order;
     let page = state.store.history(query).await?;
     let next_cursor = match (page.has_more, page.last_position) {
@@ -65,7 +71,7 @@ pub async fn list_events(
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(&event.json);
+        body.put_slice(&encode_answer(&event.json, format)?);
     }
     body.put_slice(b"],\"hasMore\":");
     body.put_slice(if page.has_more { b"true" } else { b"false" });
@@ -146,18 +152,25 @@ pub fn parse_history_query(
 /// One event by id.
 #[utoipa::path(
     get, path = "/v1/events/{id}", tag = "events",
-    params(("id" = uuid::Uuid, Path, description = "The event's id")),
+    params(("id" = uuid::Uuid, Path, description = "The event's id"), crate::http::wire::EventFormatParam),
     responses(
-        (status = 200, body = crate::event::Event),
+        (status = 200, description = "The event; with `format=cloudevents`, as a structured CloudEvent", content(
+            (crate::event::Event = "application/json"),
+            (cpod_proto::CloudEvent = "application/cloudevents+json"),
+        )),
+        (status = 400, description = "`format` is neither `cpod` nor `cloudevents`", body = crate::error::ErrorBody),
         (status = 404, description = "No such event in this organization (or not a UUID, or expired)", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_event(
+    req: HttpRequest,
     path: web::Path<String>,
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Only `format` is read here; other parameters are ignored, as they always were.
+    let format = take_format(&mut QueryParams::parse(&req)?)?;
     let id = parse_id(&path, "event")?;
     // An admin key sees every organization's events by id; other keys only their own.
     let scope = match &principal.organization_id {
@@ -169,9 +182,13 @@ pub async fn get_event(
         .event_json(id, scope)
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
+    let content_type = match format {
+        EventFormat::Cpod => "application/json",
+        EventFormat::CloudEvents => STRUCTURED_MEDIA_TYPE,
+    };
     Ok(HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/json")))
-        .body(json))
+        .insert_header((CONTENT_TYPE, HeaderValue::from_static(content_type)))
+        .body(encode_answer(&json, format)?))
 }
 
 /// The filter parameters shared by history and streams.

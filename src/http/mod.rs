@@ -3,6 +3,7 @@
 
 pub mod bodies;
 pub mod closer;
+pub mod cloudevents;
 pub mod connection;
 pub mod dashboard;
 pub mod drain;
@@ -51,9 +52,12 @@ pub fn require_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "the body must be sent as Content-Type: application/json (got `{content_type}`)"
-        )))
+        Err(ApiError::UnsupportedMediaType {
+            message: format!(
+                "the body must be sent as Content-Type: application/json (got `{content_type}`)"
+            ),
+            param: None,
+        })
     }
 }
 

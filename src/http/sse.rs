@@ -21,6 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::cloudevents::{EncodeError, EventFormat, encode};
 use crate::error::ApiError;
 use crate::http::QueryParams;
 use crate::http::closer::ConnectionCloser;
@@ -85,16 +86,27 @@ pub fn retry_frame() -> Bytes {
     Bytes::from(format!("retry: {}\n\n", rand::random_range(RETRY_MS)))
 }
 
-/// Several events in one chunk; one event is its shared frame, uncopied.
-fn frames(events: &[Arc<StoredEvent>]) -> Bytes {
+/// An event's SSE message in `format`: the shared frame for cPod's JSON; a CloudEvent's is
+/// encoded for this subscriber (same `id:`, so `Last-Event-ID` resumes either way).
+pub fn frame_in(event: &StoredEvent, format: EventFormat) -> Result<Bytes, EncodeError> {
+    match format {
+        EventFormat::Cpod => Ok(frame_of(event).clone()),
+        _ => Ok(event_frame(&event.id, &encode(&event.json, format)?)),
+    }
+}
+
+/// Several events in one chunk; one event is its frame, uncopied.
+fn frames(events: &[Arc<StoredEvent>], format: EventFormat) -> Result<Bytes, EncodeError> {
     if let [one] = events {
-        return frame_of(one).clone();
+        return frame_in(one, format);
     }
-    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| frame_of(e).len()).sum());
+    // Exact for cPod's frames (`id: ` + id + `\ndata: ` + JSON + blank line); a CloudEvent's
+    // frame is a little longer and grows the chunk once.
+    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| e.json.len() + 52).sum());
     for event in events {
-        chunk.put_slice(frame_of(event));
+        chunk.put_slice(&frame_in(event, format)?);
     }
-    chunk.freeze()
+    Ok(chunk.freeze())
 }
 
 /// Stream events as Server-Sent Events.
@@ -124,6 +136,7 @@ pub async fn stream_events(
     )
     .await?;
     params.finish()?;
+    let format = request.format;
     let opened = open_stream(&state, request).await?;
 
     let mut pending = VecDeque::from([retry_frame()]);
@@ -143,6 +156,7 @@ pub async fn stream_events(
     }
     let stream = SseStream {
         subscription: opened.subscription,
+        format,
         pending,
         ended: Box::pin(ended.cancelled_owned()),
         deadline: opened
@@ -206,6 +220,7 @@ async fn close_if_unread(
 /// and kept (pinned) for its whole life: per delivery, only the subscription is polled anew.
 struct SseStream {
     subscription: Subscription,
+    format: EventFormat,
     pending: VecDeque<Bytes>,
     /// Resolves when the key is revoked or the broker shuts down.
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -252,7 +267,13 @@ impl SseStream {
                     Ok(events) => {
                         self.last_sent = Instant::now();
                         self.delivered.add(events.len());
-                        return Some(frames(&events));
+                        match frames(&events, self.format) {
+                            Ok(chunk) => return Some(chunk),
+                            Err(e) => {
+                                tracing::error!(error = %e, "an SSE stream ends: an event could not be encoded");
+                                return None;
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "an SSE stream ends: its subscription failed");

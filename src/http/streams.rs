@@ -6,9 +6,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::time::Instant;
 
 use crate::auth::Principal;
+use crate::cloudevents::EventFormat;
 use crate::error::ApiError;
 use crate::event::{format_timestamp, unix_now_ms};
 use crate::filter::{Filter, OrgScope};
+use crate::http::cloudevents::take_format;
 use crate::http::history::{parse_filter, parse_time};
 use crate::http::state::AppState;
 use crate::http::wire::{TicketBody, TicketRequest, parse_body};
@@ -38,12 +40,14 @@ pub struct StreamRequest {
     pub ticket_expires_ms: Option<i64>,
     pub filter: Filter,
     pub resume: Resume,
+    /// How its events are written (`format`): cPod's JSON or structured CloudEvents.
+    pub format: EventFormat,
 }
 
 impl StreamRequest {
     /// Reads the credential (the `Authorization` header's raw value, else `?ticket=`), the
     /// filters and the start. A `Last-Event-ID` header wins over `lastEventId`, which wins over
-    /// `since`. Takes raw header bytes so that streams served outside actix-web
+    /// `since`. `format` says how events are written. Takes raw header bytes so that streams served outside actix-web
     /// ([`crate::http::owned`]) read a request exactly as the actix route does.
     pub async fn parse(
         authorization: Option<&[u8]>,
@@ -87,11 +91,13 @@ impl StreamRequest {
             (None, Some(since)) => Resume::Since(since),
             (None, None) => Resume::Now,
         };
+        let format = take_format(params)?;
         Ok(Self {
             principal,
             ticket_expires_ms,
             filter,
             resume,
+            format,
         })
     }
 }

@@ -10,6 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::cloudevents::{ContentMode, EventFormat};
 use crate::error::{ApiError, ErrorBody};
 use crate::event::{OrganizationId, ResourceType, format_timestamp, unix_now_ms};
 use crate::filter::{MAX_TYPE_PATTERNS, OrgScope, TypePattern, check_type_count};
@@ -21,7 +22,9 @@ use crate::http::wire::{
 };
 use crate::http::{QueryParams, parse_id, read_body, require_json_content_type};
 use crate::keys::Role;
-use crate::store::webhooks::{DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord};
+use crate::store::webhooks::{
+    DeliveryFormat, DeliveryRecord, DeliveryStatus, WebhookPatch, WebhookRecord,
+};
 use crate::webhooks::signing::generate_secret;
 use crate::webhooks::url_guard;
 
@@ -109,6 +112,26 @@ fn checked_description(description: String) -> Result<String, ApiError> {
     Ok(description)
 }
 
+/// An endpoint's delivery format after a request naming `format` and/or `contentMode` (absent:
+/// as `current`). A content mode only goes with CloudEvents; switching to CloudEvents without
+/// one keeps the current mode, structured by default.
+fn delivery_format(
+    current: DeliveryFormat,
+    format: Option<EventFormat>,
+    content_mode: Option<ContentMode>,
+) -> Result<DeliveryFormat, ApiError> {
+    match (format.unwrap_or(current.event_format()), content_mode) {
+        (EventFormat::Cpod, Some(_)) => Err(ApiError::invalid(
+            "contentMode",
+            "contentMode applies only to format `cloudevents`",
+        )),
+        (EventFormat::Cpod, None) => Ok(DeliveryFormat::Cpod),
+        (EventFormat::CloudEvents, mode) => Ok(DeliveryFormat::CloudEvents(
+            mode.or(current.content_mode()).unwrap_or_default(),
+        )),
+    }
+}
+
 /// Refuses (400) a URL whose host is not public, unless the broker allows private ones.
 async fn check_reachable(state: &AppState, url: &str) -> Result<(), ApiError> {
     let parsed = url_guard::parse(url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
@@ -166,6 +189,7 @@ pub async fn create_webhook(
         .map(checked_resource_type)
         .transpose()?;
     let description = request.description.map(checked_description).transpose()?;
+    let format = delivery_format(DeliveryFormat::Cpod, request.format, request.content_mode)?;
     let organization = principal.organization(requested_org.as_ref(), "organizationId")?;
     check_reachable(&state, &url).await?;
     let webhook = WebhookRecord {
@@ -182,6 +206,7 @@ pub async fn create_webhook(
         created_ms: unix_now_ms(),
         last_success_ms: None,
         disabled_reason: None,
+        format,
     };
     let limit = state.limits.max_webhooks_per_organization;
     state
@@ -237,7 +262,7 @@ pub async fn get_webhook(
     Ok(HttpResponse::Ok().json(WebhookView::from(&webhook)))
 }
 
-/// Change an endpoint's url, types, resourceType, description or enabled.
+/// Change an endpoint's url, types, resourceType, description, enabled, format or contentMode.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
     request_body(content = WebhookPatchBody, content_type = "application/json"),
     responses((status = 200, body = WebhookView), (status = 403, description = "A reader key (webhooks are managed by admin, service and app keys)", body = ErrorBody)),
@@ -265,6 +290,9 @@ pub async fn update_webhook(
             .map(|d| d.map(checked_description).transpose())
             .transpose()?,
         enabled: request.enabled,
+        format: (request.format.is_some() || request.content_mode.is_some())
+            .then(|| delivery_format(webhook.format, request.format, request.content_mode))
+            .transpose()?,
     };
     if let Some(url) = &patch.url {
         check_reachable(&state, url).await?;

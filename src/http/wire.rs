@@ -194,6 +194,14 @@ pub struct NewWebhookBody {
         pattern = r"^[\x21-\x29\x2B\x2D-\x7E]+$"
     )]
     pub organization_id: Option<String>,
+    /// How deliveries are written: `cpod` (the event's JSON, the default) or `cloudevents`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub format: Option<cpod_proto::cloudevents::EventFormat>,
+    /// With `format: cloudevents` only: `structured` (the default) or `binary`.
+    #[serde(default)]
+    #[schema(inline)]
+    pub content_mode: Option<cpod_proto::cloudevents::ContentMode>,
 }
 
 /// The body of `PATCH /v1/webhooks/{id}`: absent fields are left as they are; `null` clears
@@ -221,6 +229,14 @@ pub struct WebhookPatchBody {
     pub description: Option<Option<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// `cpod` or `cloudevents`; switching to `cpod` drops the content mode.
+    #[serde(default)]
+    #[schema(inline)]
+    pub format: Option<cpod_proto::cloudevents::EventFormat>,
+    /// `structured` or `binary`; only with `format: cloudevents` (given here or already set).
+    #[serde(default)]
+    #[schema(inline)]
+    pub content_mode: Option<cpod_proto::cloudevents::ContentMode>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -316,6 +332,39 @@ pub struct HistoryParams {
     order: Option<String>,
     /// The previous page's `nextCursor`.
     cursor: Option<String>,
+    /// `cpod` (default) or `cloudevents`: each event of the page as a structured CloudEvent.
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
+}
+
+/// The parameters of `GET /v1/events/{id}` beside the id.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventFormatParam {
+    /// `cpod` (default) or `cloudevents`: the event as a structured CloudEvent
+    /// (`application/cloudevents+json`).
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
+}
+
+/// One item of a history page: an event, or (`format=cloudevents`) a CloudEvent. The two
+/// schemas exclude each other (an event has no `specversion`; it allows no other field).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum HistoryItem {
+    Event(Event),
+    CloudEvent(cpod_proto::CloudEvent),
+}
+
+/// A page of history: events (the default) or CloudEvents (`format=cloudevents`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = HistoryPage)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPageSchema {
+    data: Vec<HistoryItem>,
+    has_more: bool,
+    next_cursor: Option<String>,
 }
 
 /// The stream filters and start (SSE).
@@ -358,6 +407,10 @@ pub struct StreamParams {
     since: Option<String>,
     /// A stream ticket, for clients that cannot send headers.
     ticket: Option<String>,
+    /// `cpod` (default) or `cloudevents`: each `data:` line a structured CloudEvent (`id:`
+    /// stays the event's id, so `Last-Event-ID` resumes as ever).
+    #[param(inline)]
+    format: Option<cpod_proto::cloudevents::EventFormat>,
 }
 
 /// The answer of `/healthz` (`ok`) and `/readyz` (`ready`).
@@ -442,6 +495,8 @@ impl From<&WebhookRecord> for WebhookView {
             enabled: w.enabled,
             disabled_reason: w.disabled_reason.clone(),
             created_at: format_timestamp(w.created_ms),
+            format: w.format.event_format(),
+            content_mode: w.format.content_mode(),
         }
     }
 }

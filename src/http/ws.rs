@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
+use crate::cloudevents::{EncodeError, EventFormat, encode};
 use crate::error::ApiError;
 use crate::filter::{Filter, parse_type_list};
 use crate::http::QueryParams;
@@ -70,7 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get, path = "/v1/events/ws", tag = "streams",
     params(("ticket" = Option<String>, Query, description = "A stream ticket, when no Authorization header can be sent")),
     responses(
-        (status = 101, description = "Switching protocols: JSON text frames, see the contract §5"),
+        (status = 101, description = "Switching protocols: JSON text frames, see the contract §5. A `subscribe` frame may add `\"format\": \"cloudevents\"`: its `event` frames then carry a structured CloudEvent"),
         (status = 400, description = "Not a WebSocket upgrade, or a bad query parameter", body = crate::error::ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = []), ())
@@ -215,7 +216,7 @@ struct Socket {
     /// Open subscriptions: their cancellation and generation. Frames queued by a subscription
     /// that has since been cancelled (or replaced under the same id) carry an old generation
     /// and are dropped, never written after `unsubscribed`.
-    subscriptions: HashMap<String, (CancellationToken, u64)>,
+    subscriptions: HashMap<String, (CancellationToken, u64, EventFormat)>,
     generations: u64,
     outgoing: mpsc::Sender<Outgoing>,
     queued: Option<mpsc::Receiver<Outgoing>>,
@@ -284,11 +285,19 @@ impl Socket {
                     let Some(frame) = frame else { break None };
                     let text = match frame {
                         Outgoing::Event(subscription, generation, event) => {
-                            let current = self.subscriptions.get(&*subscription).map(|(_, g)| *g);
-                            if current != Some(generation) {
+                            let Some(&(_, current, format)) = self.subscriptions.get(&*subscription) else {
+                                continue;
+                            };
+                            if current != generation {
                                 continue;
                             }
-                            event_frame(&subscription, &event)
+                            match event_frame(&subscription, &event, format) {
+                                Ok(text) => text,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "a WebSocket event could not be encoded");
+                                    error_frame(Some(Value::String(subscription.to_string())), "internal", "an event could not be encoded")
+                                }
+                            }
                         }
                         Outgoing::Text(text) => text,
                     };
@@ -414,13 +423,14 @@ impl Socket {
             ));
         }
         let (filter, resume) = parse_subscription(&principal, request)?;
+        let format = parse_subscription_format(request)?;
         let (start, reset) = resolve_start(&self.state, &filter.organization, resume).await?;
         let subscription = Subscription::new(&self.state.hub, &self.state.store, filter, start);
         let cancel = self.closing.child_token();
         self.generations += 1;
         let generation = self.generations;
         self.subscriptions
-            .insert(id.clone(), (cancel.clone(), generation));
+            .insert(id.clone(), (cancel.clone(), generation, format));
         let mut answers = vec![ServerFrame::Subscribed { id: id.clone() }.to_text()];
         if reset.is_some() {
             answers.push(
@@ -447,7 +457,7 @@ impl Socket {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid("id", "unsubscribe needs the subscription's id"))?;
-        let (cancel, _) = self
+        let (cancel, _, _) = self
             .subscriptions
             .remove(id)
             .ok_or_else(|| ApiError::NotFound(format!("no subscription `{id}` on this socket")))?;
@@ -632,12 +642,45 @@ async fn run_subscription(
     }
 }
 
-/// `{"op":"event","subscription":"s1","event":{…}}`: [`ServerFrame::Event`], with the event's
-/// stored JSON spliced in rather than parsed and serialized again.
-fn event_frame(subscription: &str, event: &StoredEvent) -> String {
-    let json = std::str::from_utf8(&event.json).expect("stored JSON is UTF-8");
-    let id = serde_json::to_string(subscription).expect("a string serializes");
-    format!("{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}")
+/// `{"op":"event","subscription":"s1","event":{…}}` in the subscription's format. cPod's is
+/// [`ServerFrame::Event`] with the event's stored JSON spliced in rather than parsed and
+/// serialized again; a CloudEvent's is [`ServerFrame::CloudEvent`] holding the event's one
+/// CloudEvents conversion (`crate::cloudevents::encode`).
+fn event_frame(
+    subscription: &str,
+    event: &StoredEvent,
+    format: EventFormat,
+) -> Result<String, EncodeError> {
+    match format {
+        EventFormat::Cpod => {
+            let json = std::str::from_utf8(&event.json).expect("stored JSON is UTF-8");
+            let id = serde_json::to_string(subscription).expect("a string serializes");
+            Ok(format!(
+                "{{\"op\":\"event\",\"subscription\":{id},\"event\":{json}}}"
+            ))
+        }
+        EventFormat::CloudEvents => {
+            let event: cpod_proto::CloudEvent =
+                serde_json::from_slice(&encode(&event.json, format)?)?;
+            Ok(ServerFrame::CloudEvent {
+                subscription: subscription.to_owned(),
+                event,
+            }
+            .to_text())
+        }
+    }
+}
+
+/// A subscribe frame's `format`: `cpod` (absent or null) or `cloudevents`.
+pub fn parse_subscription_format(request: &Value) -> Result<EventFormat, ApiError> {
+    match request.get("format") {
+        None | Some(Value::Null) => Ok(EventFormat::Cpod),
+        Some(Value::String(raw)) => crate::http::cloudevents::parse_format(raw),
+        Some(_) => Err(ApiError::invalid(
+            "format",
+            format!("format must be {}", EventFormat::NAMES),
+        )),
+    }
 }
 
 pub fn error_frame(id: Option<Value>, code: &str, message: &str) -> String {
@@ -862,7 +905,40 @@ mod tests {
             subscription: "s\"1".into(),
             event,
         };
-        assert_eq!(event_frame("s\"1", &stored), typed.to_text());
+        assert_eq!(
+            event_frame("s\"1", &stored, EventFormat::Cpod).unwrap(),
+            typed.to_text()
+        );
+    }
+
+    #[test]
+    fn a_cloudevents_frame_holds_the_events_one_cloudevent_with_its_trace_context() {
+        let json = br#"{"id":"01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60","type":"pod.failed","resourceId":"pod-7f9c","resourceType":"pod","organizationId":"org-1","workspaceId":null,"payload":{"exitCode":137},"timestamp":"2026-05-01T12:00:00.123Z","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#;
+        let event = StoredEvent {
+            position: 1,
+            id: uuid::Uuid::parse_str("01936f0e-8c1a-7b3e-9a51-3f1c2d4e5f60").unwrap(),
+            organization_id: "org-1".into(),
+            event_type: "pod.failed".into(),
+            resource_type: "pod".into(),
+            resource_id: "pod-7f9c".into(),
+            workspace_id: None,
+            trace: None,
+            json: bytes::Bytes::from_static(json),
+            sse: Default::default(),
+        };
+        let frame = event_frame("s1", &event, EventFormat::CloudEvents).unwrap();
+        let cloudevent = encode(&event.json, EventFormat::CloudEvents).unwrap();
+        let parsed: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"op": "event", "subscription": "s1",
+                   "event": serde_json::from_slice::<Value>(&cloudevent).unwrap()})
+        );
+        assert_eq!(
+            parsed["event"]["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(parsed["event"]["specversion"], "1.0");
     }
 
     #[test]
@@ -920,7 +996,8 @@ mod tests {
             json: bytes::Bytes::from_static(br#"{"id":"x"}"#),
             sse: Default::default(),
         };
-        let frame: Value = serde_json::from_str(&event_frame("s\"1", &event)).unwrap();
+        let frame: Value =
+            serde_json::from_str(&event_frame("s\"1", &event, EventFormat::Cpod).unwrap()).unwrap();
         assert_eq!(
             frame,
             json!({"op": "event", "subscription": "s\"1", "event": {"id": "x"}})

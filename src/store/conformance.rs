@@ -193,6 +193,7 @@ fn webhook(now_ms: i64) -> WebhookRecord {
         created_ms: now_ms,
         last_success_ms: None,
         disabled_reason: None,
+        format: Default::default(),
     }
 }
 

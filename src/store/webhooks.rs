@@ -10,7 +10,51 @@
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::cloudevents::{ContentMode, EventFormat};
 use crate::trace_context::TraceContext;
+
+/// How an endpoint's deliveries are written: the event's JSON (the default), or a CloudEvent
+/// in structured or binary content mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeliveryFormat {
+    #[default]
+    Cpod,
+    CloudEvents(ContentMode),
+}
+
+impl DeliveryFormat {
+    /// The stored form (a `format` column in both backends).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryFormat::Cpod => "cpod",
+            DeliveryFormat::CloudEvents(ContentMode::Structured) => "cloudevents",
+            DeliveryFormat::CloudEvents(ContentMode::Binary) => "cloudevents-binary",
+        }
+    }
+
+    /// Reads the stored form; anything unknown (never written) is the default.
+    pub fn from_stored(raw: &str) -> Self {
+        match raw {
+            "cloudevents" => DeliveryFormat::CloudEvents(ContentMode::Structured),
+            "cloudevents-binary" => DeliveryFormat::CloudEvents(ContentMode::Binary),
+            _ => DeliveryFormat::Cpod,
+        }
+    }
+
+    pub fn event_format(self) -> EventFormat {
+        match self {
+            DeliveryFormat::Cpod => EventFormat::Cpod,
+            DeliveryFormat::CloudEvents(_) => EventFormat::CloudEvents,
+        }
+    }
+
+    pub fn content_mode(self) -> Option<ContentMode> {
+        match self {
+            DeliveryFormat::Cpod => None,
+            DeliveryFormat::CloudEvents(mode) => Some(mode),
+        }
+    }
+}
 
 /// An endpoint as stored. Secrets are kept in clear: the broker must sign with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +72,7 @@ pub struct WebhookRecord {
     pub created_ms: i64,
     pub last_success_ms: Option<i64>,
     pub disabled_reason: Option<String>,
+    pub format: DeliveryFormat,
 }
 
 impl WebhookRecord {
@@ -53,6 +98,7 @@ pub struct WebhookPatch {
     pub resource_type: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
+    pub format: Option<DeliveryFormat>,
 }
 
 /// A delivery's state.
@@ -173,4 +219,26 @@ pub struct Disable {
     /// Only if the endpoint has had no success since this time (checked when recording, so a
     /// success recorded meanwhile by another attempt wins).
     pub unless_success_since: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_format_reads_back_as_stored() {
+        for format in [
+            DeliveryFormat::Cpod,
+            DeliveryFormat::CloudEvents(ContentMode::Structured),
+            DeliveryFormat::CloudEvents(ContentMode::Binary),
+        ] {
+            assert_eq!(DeliveryFormat::from_stored(format.as_str()), format);
+        }
+        assert_eq!(DeliveryFormat::from_stored(""), DeliveryFormat::Cpod);
+        assert_eq!(
+            DeliveryFormat::CloudEvents(ContentMode::Binary).content_mode(),
+            Some(ContentMode::Binary)
+        );
+        assert_eq!(DeliveryFormat::Cpod.content_mode(), None);
+    }
 }

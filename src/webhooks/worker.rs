@@ -28,9 +28,13 @@ use uuid::Uuid;
 use super::WebhookSettings;
 use super::signing::sign;
 use super::url_guard;
+use crate::cloudevents::{
+    ContentMode, EncodeError, EventFormat, STRUCTURED_MEDIA_TYPE, binary_message, encode,
+};
 use crate::event::unix_now_ms;
 use crate::store::webhooks::{
-    AttemptOutcome, AttemptRecord, ClaimRequest, Disable, DueDelivery, NextStep, WebhookRecord,
+    AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryFormat, Disable, DueDelivery, NextStep,
+    WebhookRecord,
 };
 use crate::store::{Change, FeedReader, Store, StoreError};
 use crate::trace_context::TraceContext;
@@ -64,6 +68,36 @@ impl AttemptResult {
     }
 }
 
+/// A delivery's body and the headers that describe it, in the endpoint's format. The body is
+/// what is signed, byte for byte, and the same on every attempt (its encoding is deterministic).
+struct DeliveryMessage {
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl DeliveryMessage {
+    fn of(format: DeliveryFormat, json: Bytes) -> Result<Self, EncodeError> {
+        let content_type = |value: &str| vec![("content-type".to_owned(), value.to_owned())];
+        Ok(match format {
+            DeliveryFormat::Cpod => Self {
+                headers: content_type("application/json"),
+                body: json,
+            },
+            DeliveryFormat::CloudEvents(ContentMode::Structured) => Self {
+                headers: content_type(STRUCTURED_MEDIA_TYPE),
+                body: encode(&json, EventFormat::CloudEvents)?,
+            },
+            DeliveryFormat::CloudEvents(ContentMode::Binary) => {
+                let message = binary_message(&json)?;
+                Self {
+                    headers: message.headers,
+                    body: message.body,
+                }
+            }
+        })
+    }
+}
+
 /// Sends signed webhook requests: shared by the worker and the `test` endpoint.
 pub struct Deliverer {
     client: reqwest::Client,
@@ -83,8 +117,9 @@ impl Deliverer {
         Ok(Self { client, settings })
     }
 
-    /// One signed POST of `body` to the endpoint, with `trace` as its `traceparent` and
-    /// `tracestate` headers; never fails, the result says what happened.
+    /// One signed POST of the event (`body`, its stored JSON) to the endpoint, written in the
+    /// endpoint's format, with `trace` as its `traceparent` and `tracestate` headers; never
+    /// fails, the result says what happened.
     pub async fn send(
         &self,
         webhook: &WebhookRecord,
@@ -108,6 +143,14 @@ impl Deliverer {
         if let Err(e) = url_guard::check(&url, self.settings.allow_private).await {
             return failed(format!("refused: {e}"));
         }
+        let message = match DeliveryMessage::of(webhook.format, body) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(error = %e, webhook = %webhook.id, "a delivery could not be encoded");
+                return failed("the event could not be encoded".into());
+            }
+        };
+        let body = message.body;
         let timestamp = unix_now_ms() / 1000;
         let signatures = sign(
             &webhook.active_secrets(unix_now_ms()),
@@ -115,10 +158,11 @@ impl Deliverer {
             timestamp,
             &body,
         );
-        let mut request = self
-            .client
-            .post(url)
-            .header("content-type", "application/json")
+        let mut request = self.client.post(url);
+        for (name, value) in message.headers {
+            request = request.header(name, value);
+        }
+        let mut request = request
             .header("webhook-id", message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signatures.standard)
@@ -558,6 +602,7 @@ mod tests {
             created_ms,
             last_success_ms,
             disabled_reason: None,
+            format: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::helpers::{ADMIN_KEY, custom, spawn_app, spawn_app_with};
 use crate::receiver::Receiver;
 
 /// `cpod-events <args>` with `CPOD_BASE_URL` and `CPOD_API_KEY` set (and nothing else).
-fn cli(base_url: &str, key: &str, args: &[&str]) -> Command {
+pub fn cli(base_url: &str, key: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cpod-events"));
     command
         .env_clear()
@@ -23,13 +23,13 @@ fn cli(base_url: &str, key: &str, args: &[&str]) -> Command {
 }
 
 /// Runs a command to its end off the async threads (the broker under test shares them).
-async fn run(mut command: Command) -> Output {
+pub async fn run(mut command: Command) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
         .await
         .unwrap()
 }
 
-fn stdout_json_lines(output: &Output) -> Vec<Value> {
+pub fn stdout_json_lines(output: &Output) -> Vec<Value> {
     String::from_utf8(output.stdout.clone())
         .unwrap()
         .lines()

@@ -632,45 +632,102 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// A virtual environment `target/<name>` with PyPI `packages`, made on first use: its `bin/`.
+/// `installed` tells from `bin/` whether the packages are there (and the right ones). Where
+/// they cannot be installed (no network) the answer says why: tests then skip, outside CI.
+pub fn python_venv(
+    name: &str,
+    packages: &[&str],
+    installed: impl Fn(&Path) -> bool,
+) -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(name);
+    let bin = venv.join("bin");
+    if installed(&bin) {
+        return Ok(bin);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .map_err(|e| format!("python3 -m venv: {e}"))?;
+    if !made.success() {
+        return Err("python3 -m venv failed".into());
+    }
+    let output = Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages)
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "pip install {} failed:\n{}",
+            packages.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    if !installed(&bin) {
+        return Err(format!(
+            "{} do not run after their installation",
+            packages.join(" ")
+        ));
+    }
+    Ok(bin)
+}
+
+/// Whether `python` imports `modules` (a comma-separated list).
+pub fn python_imports(python: &Path, modules: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs a Python `script` with the JSON `input` on stdin; answers its JSON output (panics,
+/// with Python's stderr, if it fails).
+pub fn run_python(python: &Path, script: &str, input: &Value) -> Value {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 /// A Python with the `standardwebhooks` package (PyPI), in a virtual environment under
 /// `target/`, made on first use (once per test process).
 pub fn standardwebhooks_python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("pyenv-standardwebhooks");
-            let python = venv.join("bin").join("python");
-            let installed = || {
-                Command::new(&python)
-                    .args(["-c", "import standardwebhooks"])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            };
-            if !installed() {
-                let status = Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .status()
-                    .expect("python3 is installed");
-                assert!(status.success(), "cannot make a virtual environment");
-                let status = Command::new(venv.join("bin").join("pip"))
-                    .args([
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                        "standardwebhooks==1.0.1",
-                    ])
-                    .status()
-                    .expect("pip runs");
-                assert!(
-                    status.success(),
-                    "cannot install standardwebhooks from PyPI"
-                );
-                assert!(installed(), "standardwebhooks does not import");
-            }
-            python
+            python_venv(
+                "pyenv-standardwebhooks",
+                &["standardwebhooks==1.0.1"],
+                |bin| python_imports(&bin.join("python"), "standardwebhooks"),
+            )
+            .expect("standardwebhooks from PyPI")
+            .join("python")
         })
         .clone()
 }

@@ -3,6 +3,7 @@
 mod asyncapi;
 mod cli;
 mod clock;
+mod cloudevents;
 mod dashboard;
 mod demo;
 mod disk_full;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{ADMIN_KEY, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, TestApp, python_venv, spawn_app, spawn_app_with};
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 const SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
@@ -22,49 +22,19 @@ const SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
 fn python_tools() -> Option<PathBuf> {
     static TOOLS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let tools = TOOLS.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join("pyenv-schemathesis");
-        let bin = venv.join("bin");
-        let installed = || {
-            Command::new(bin.join("schemathesis"))
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| {
-                    o.status.success() && String::from_utf8_lossy(&o.stdout).contains("4.32.5")
-                })
-                && bin.join("openapi-spec-validator").exists()
-        };
-        if !installed() {
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .map_err(|e| format!("python3 -m venv: {e}"))?;
-            if !made.success() {
-                return Err("python3 -m venv failed".into());
-            }
-            let output = Command::new(bin.join("pip"))
-                .args([
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    SCHEMATHESIS,
-                    SPEC_VALIDATOR,
-                ])
-                .output()
-                .map_err(|e| format!("pip: {e}"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "pip install {SCHEMATHESIS} {SPEC_VALIDATOR} failed:\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            if !installed() {
-                return Err("schemathesis does not run after its installation".into());
-            }
-        }
-        Ok(bin)
+        python_venv(
+            "pyenv-schemathesis",
+            &[SCHEMATHESIS, SPEC_VALIDATOR],
+            |bin| {
+                Command::new(bin.join("schemathesis"))
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| {
+                        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("4.32.5")
+                    })
+                    && bin.join("openapi-spec-validator").exists()
+            },
+        )
     });
     match tools {
         Ok(bin) => Some(bin.clone()),

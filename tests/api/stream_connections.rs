@@ -23,10 +23,14 @@ struct RawStream {
 impl RawStream {
     /// Sends a stream request on `tcp` (which may already have carried other requests) and
     /// reads its response head.
-    async fn request(mut tcp: TcpStream, key: &str) -> (Self, String) {
-        let request = format!(
-            "GET /v1/events/stream HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {key}\r\n\r\n"
-        );
+    async fn request(tcp: TcpStream, key: &str) -> (Self, String) {
+        Self::request_path(tcp, key, "/v1/events/stream").await
+    }
+
+    /// [`RawStream::request`] for `path` (the stream's path and query).
+    async fn request_path(mut tcp: TcpStream, key: &str, path: &str) -> (Self, String) {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {key}\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut stream = RawStream {
             tcp,
@@ -82,6 +86,58 @@ impl RawStream {
         }
         ids
     }
+
+    /// The next `count` events as (`id:`, parsed `data:`) pairs.
+    async fn events(&mut self, count: usize) -> Vec<(String, Value)> {
+        let mut events = Vec::with_capacity(count);
+        let mut id = None;
+        while events.len() < count {
+            let line = self
+                .read_until(b"\n")
+                .await
+                .expect("the stream ended early");
+            let line = String::from_utf8(line).unwrap();
+            if let Some(value) = line.strip_prefix("id: ") {
+                id = Some(value.trim_end().to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let data = serde_json::from_str(data.trim_end()).unwrap();
+                events.push((id.take().expect("id: before data:"), data));
+            }
+        }
+        events
+    }
+}
+
+/// Reads the response to a `GET /healthz` sent on `tcp`, leaving the connection ready for its
+/// next request.
+async fn after_an_api_request(mut tcp: TcpStream) -> TcpStream {
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = RawStream {
+        tcp,
+        buffer: Vec::new(),
+    };
+    let head = String::from_utf8(first.read_until(b"\r\n\r\n").await.unwrap()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    while first.buffer.len() < length {
+        let mut chunk = [0u8; 1024];
+        let n = first.tcp.read(&mut chunk).await.unwrap();
+        first.buffer.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(first.buffer.len(), length, "nothing after the answer");
+    first.tcp
 }
 
 async fn metric(address: &str, name: &str) -> f64 {
@@ -186,33 +242,11 @@ async fn a_stream_asked_for_on_a_keep_alive_connection_after_an_api_request_work
     let app = spawn_app().await;
     let reader = app.key("org-a", "reader").await;
     let service = app.key("org-a", "service").await;
-    let mut tcp = RawStream::connect(&app.address).await;
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
-        .await
-        .unwrap();
-    let mut first = RawStream {
+    let tcp = after_an_api_request(RawStream::connect(&app.address).await).await;
+    let first = RawStream {
         tcp,
         buffer: Vec::new(),
     };
-    let head = String::from_utf8(first.read_until(b"\r\n\r\n").await.unwrap()).unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    while first.buffer.len() < length {
-        let mut chunk = [0u8; 1024];
-        let n = first.tcp.read(&mut chunk).await.unwrap();
-        first.buffer.extend_from_slice(&chunk[..n]);
-    }
-    first.buffer.drain(..length);
     // The same connection now asks for a stream.
     let (mut stream, head) = RawStream::request(first.tcp, &reader).await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -341,4 +375,57 @@ async fn ten_thousand_subscribers_each_get_every_event_once_and_in_order() {
         "subscribers with a gap, a duplicate or a wrong order: {:?}",
         outcomes.get(&false)
     );
+}
+
+#[tokio::test]
+async fn format_cloudevents_is_written_on_both_stream_paths_and_beside_shared_frames() {
+    let app = spawn_app().await;
+    let reader = app.key("org-a", "reader").await;
+    let service = app.key("org-a", "service").await;
+    let path = "/v1/events/stream?format=cloudevents";
+    // A fresh connection (served by the shard), an unfiltered cPod one beside it (which takes
+    // the shard's shared chunk), and one after an API request on a keep-alive connection
+    // (served by actix-web).
+    let (mut owned, head) =
+        RawStream::request_path(RawStream::connect(&app.address).await, &reader, path).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let (mut cpod, _) = RawStream::request(RawStream::connect(&app.address).await, &reader).await;
+    let tcp = after_an_api_request(RawStream::connect(&app.address).await).await;
+    let (mut actix, head) = RawStream::request_path(tcp, &reader, path).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    // A batch is one committed group: several events in one fan-out.
+    let published = publish_batch(
+        &app.address,
+        &service,
+        (0..3).map(|i| custom(&format!("ce-{i}"))).collect(),
+    )
+    .await;
+    for stream in [&mut owned, &mut actix] {
+        let events = stream.events(3).await;
+        for ((id, data), expected) in events.iter().zip(&published) {
+            assert_eq!(id, expected);
+            assert_eq!(data["specversion"], "1.0", "{data}");
+            assert_eq!(&data["id"], expected);
+            assert_eq!(data["source"], "/organizations/org-a");
+        }
+        let subjects: Vec<&str> = events
+            .iter()
+            .map(|(_, data)| data["subject"].as_str().unwrap())
+            .collect();
+        assert_eq!(subjects, ["thing/ce-0", "thing/ce-1", "thing/ce-2"]);
+    }
+    let events = cpod.events(3).await;
+    for ((id, data), expected) in events.iter().zip(&published) {
+        assert_eq!(id, expected);
+        assert!(data.get("specversion").is_none(), "{data}");
+        assert_eq!(&data["id"], expected);
+    }
+    // A bad format is refused on the direct path as on actix.
+    let (_, head) = RawStream::request_path(
+        RawStream::connect(&app.address).await,
+        &reader,
+        "/v1/events/stream?format=xml",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
 }

@@ -53,7 +53,7 @@ async fn create(app: &TestApp, key: &str, body: Value) -> Value {
 
 /// Checks a delivery's signatures independently of the broker's own signing code; answers how
 /// many of the `webhook-signature` entries `secret` verifies.
-fn verify(received: &Received, secret: &str) -> usize {
+pub fn verify(received: &Received, secret: &str) -> usize {
     let id = received.header("webhook-id").expect("webhook-id");
     let timestamp = received
         .header("webhook-timestamp")
@@ -920,26 +920,6 @@ payload = Webhook(data["secret"]).verify(data["body"], data["headers"])
 print(json.dumps(payload))
 "#;
     let input = json!({"secret": secret, "headers": headers, "body": String::from_utf8(received.body.clone()).unwrap()});
-    let mut child = std::process::Command::new(python)
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "standardwebhooks refused the delivery: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let verified: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let verified = crate::helpers::run_python(&python, script, &input);
     assert_eq!(verified, received.json());
 }

@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, custom, json_of, spawn_app, spawn_app_with};
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp, key: Option<&str>, query: &str) -> Socket {
+pub async fn connect(app: &TestApp, key: Option<&str>, query: &str) -> Socket {
     let url = format!(
         "{}/v1/events/ws{query}",
         app.address.replace("http://", "ws://")
@@ -32,7 +32,7 @@ async fn connect(app: &TestApp, key: Option<&str>, query: &str) -> Socket {
         .0
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub async fn send(socket: &mut Socket, frame: Value) {
     socket.send(Message::text(frame.to_string())).await.unwrap();
 }
 

@@ -6,6 +6,8 @@
 
 #[path = "../api/cli.rs"]
 mod cli;
+#[path = "../api/cloudevents.rs"]
+mod cloudevents;
 mod cluster;
 #[path = "../api/dashboard.rs"]
 mod dashboard;

@@ -114,6 +114,7 @@ pub async fn serve_stream(tcp: TcpStream, shard: Shard) {
 /// A stream request, read and resolved, before it is registered.
 struct Opened {
     filter: Filter,
+    format: crate::cloudevents::EventFormat,
     ended: tokio_util::sync::CancellationToken,
     deadline: Option<Instant>,
     start: Start,
@@ -170,6 +171,7 @@ async fn open(tcp: &TcpStream, shard: &Shard) -> Result<Opened, Refusal> {
         ended: state.hub.key_token(stream.principal.key_id),
         deadline: ticket_deadline(stream.ticket_expires_ms),
         filter: stream.filter,
+        format: stream.format,
         start,
         reset,
     })
@@ -186,6 +188,7 @@ fn register(tcp: TcpStream, shard: &Shard, opened: Opened) -> Option<Rc<Subscrib
     let subscriber = Rc::new(Subscriber::new(
         tcp,
         opened.filter,
+        opened.format,
         opened.ended,
         opened.deadline,
         position,

@@ -22,6 +22,7 @@ use slab::Slab;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
+use crate::cloudevents::EventFormat;
 use crate::filter::OrgScope;
 use crate::http::sse::{KEEP_ALIVE, frame_of};
 use crate::http::state::AppState;
@@ -276,7 +277,9 @@ fn deliver(subscribers: &Slab<Rc<Subscriber>>, events: &[Arc<StoredEvent>]) -> u
         if !subscriber.live.get() {
             continue;
         }
-        let takes_all = subscriber.filter.types.is_empty()
+        // Only cPod-format subscribers share the one chunk; a CloudEvents one gets its own frames.
+        let takes_all = subscriber.format == EventFormat::Cpod
+            && subscriber.filter.types.is_empty()
             && subscriber.filter.resource_type.is_none()
             && subscriber.filter.resource_id.is_none()
             && subscriber.filter.workspace_id.is_none()

@@ -20,8 +20,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cloudevents::EventFormat;
 use crate::filter::Filter;
-use crate::http::sse::frame_of;
+use crate::http::sse::frame_in;
 use crate::http::streams::SubscriberGauge;
 use crate::store::StoredEvent;
 
@@ -29,6 +30,8 @@ use crate::store::StoredEvent;
 pub struct Subscriber {
     pub(super) socket: TcpStream,
     pub(super) filter: Filter,
+    /// How its events are written (`format`): cPod's shared frames, or CloudEvents.
+    pub(super) format: EventFormat,
     /// Cancelled when the key that opened the stream is revoked, or at shutdown.
     pub(super) ended: CancellationToken,
     /// When the ticket that opened the stream expires.
@@ -63,6 +66,7 @@ impl Subscriber {
     pub(super) fn new(
         socket: TcpStream,
         filter: Filter,
+        format: EventFormat,
         ended: CancellationToken,
         deadline: Option<Instant>,
         last_position: i64,
@@ -70,6 +74,7 @@ impl Subscriber {
         Self {
             socket,
             filter,
+            format,
             ended,
             deadline,
             slot: Cell::new(usize::MAX),
@@ -137,8 +142,9 @@ impl Subscriber {
         empty
     }
 
-    /// The frames of the events it wants among `events` (all after its position), and moves its
-    /// position to the last of them. `None` when none is for it.
+    /// The frames of the events it wants among `events` (all after its position), in its
+    /// format, and moves its position to the last of them. `None` when none is for it, or when
+    /// an event cannot be encoded (a broken invariant: the stream is closed, as on actix).
     pub(super) fn frames_for(&self, events: &[Arc<StoredEvent>]) -> Option<(Bytes, usize)> {
         let after = self.last_position.get();
         let last = events.last()?.position;
@@ -150,16 +156,26 @@ impl Subscriber {
             .iter()
             .filter(|e| e.position > after && self.filter.matches(&e.key()));
         let first = wanted.next()?;
-        let Some(second) = wanted.next() else {
-            return Some((frame_of(first).clone(), 1));
-        };
-        let mut chunk = BytesMut::new();
-        let mut count = 0;
-        for event in [first, second].into_iter().chain(wanted) {
-            chunk.extend_from_slice(frame_of(event));
-            count += 1;
+        let encoded = (move || {
+            let Some(second) = wanted.next() else {
+                return Ok((frame_in(first, self.format)?, 1));
+            };
+            let mut chunk = BytesMut::new();
+            let mut count = 0;
+            for event in [first, second].into_iter().chain(wanted) {
+                chunk.extend_from_slice(&frame_in(event, self.format)?);
+                count += 1;
+            }
+            Ok::<_, crate::cloudevents::EncodeError>((chunk.freeze(), count))
+        })();
+        match encoded {
+            Ok(frames) => Some(frames),
+            Err(e) => {
+                tracing::error!(error = %e, "an SSE stream ends: an event could not be encoded");
+                self.close();
+                None
+            }
         }
-        Some((chunk.freeze(), count))
     }
 
     /// Waits until the client closes (or sends something, which is dropped), the shard wants

@@ -92,6 +92,10 @@ pub enum ClientFrame {
         #[serde(default)]
         #[schema(format = DateTime)]
         since: Option<String>,
+        /// `cpod` (default) or `cloudevents`: the subscription's `event` frames then carry the
+        /// event as a structured CloudEvent (`CloudEventFrame`).
+        #[serde(default)]
+        format: Option<cpod_proto::cloudevents::EventFormat>,
     },
     /// Ends a subscription. Answered with `unsubscribed`; no frame of it follows.
     #[schema(title = "Unsubscribe", example = json!({"op": "unsubscribe", "id": "s1"}))]

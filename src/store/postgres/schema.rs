@@ -130,6 +130,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN traceparent text;
     ALTER TABLE events ADD COLUMN tracestate text;
     "#,
+    // 4: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // `cloudevents-binary`.
+    r#"
+    ALTER TABLE webhooks ADD COLUMN delivery_format text NOT NULL DEFAULT 'cpod';
+    "#,
 ];
 
 /// Brings the schema up to date. Holds the migration lock for the whole run, so concurrent

@@ -337,6 +337,7 @@ async fn revocations_and_endpoint_changes_on_one_node_reach_every_nodes_feed() {
             created_ms: now,
             last_success_ms: None,
             disabled_reason: None,
+            format: Default::default(),
         },
         100,
     )

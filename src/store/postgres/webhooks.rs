@@ -12,14 +12,14 @@ use uuid::Uuid;
 
 use crate::store::StoreError;
 use crate::store::webhooks::{
-    AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery,
-    Lease, NextStep, WebhookPatch, WebhookRecord,
+    AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryFormat, DeliveryRecord, DeliveryStatus,
+    DueDelivery, Lease, NextStep, WebhookPatch, WebhookRecord,
 };
 use crate::trace_context::TraceContext;
 
 const WEBHOOK_COLUMNS: &str = "id, organization_id, url, types, resource_type, description, \
      enabled, secret, previous_secret, previous_secret_expires_ms, created_ms, last_success_ms, \
-     disabled_reason";
+     disabled_reason, delivery_format";
 
 fn webhook_from_row(row: &Row, offset: usize) -> Result<WebhookRecord, StoreError> {
     Ok(WebhookRecord {
@@ -36,6 +36,7 @@ fn webhook_from_row(row: &Row, offset: usize) -> Result<WebhookRecord, StoreErro
         created_ms: row.try_get(offset + 10)?,
         last_success_ms: row.try_get(offset + 11)?,
         disabled_reason: row.try_get(offset + 12)?,
+        format: DeliveryFormat::from_stored(row.try_get(offset + 13)?),
     })
 }
 
@@ -47,7 +48,7 @@ pub(super) async fn insert_webhook(
         .execute(
             &format!(
                 "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             ),
             &[
                 &webhook.id,
@@ -63,6 +64,7 @@ pub(super) async fn insert_webhook(
                 &webhook.created_ms,
                 &webhook.last_success_ms,
                 &webhook.disabled_reason,
+                &webhook.format.as_str(),
             ],
         )
         .await?;
@@ -133,10 +135,13 @@ pub(super) async fn update_webhook(
             webhook.disabled_reason = None;
         }
     }
+    if let Some(format) = patch.format {
+        webhook.format = format;
+    }
     client
         .execute(
             "UPDATE webhooks SET url = $2, types = $3, resource_type = $4, description = $5, \
-             enabled = $6, disabled_reason = $7 WHERE id = $1",
+             enabled = $6, disabled_reason = $7, delivery_format = $8 WHERE id = $1",
             &[
                 &id,
                 &webhook.url,
@@ -145,6 +150,7 @@ pub(super) async fn update_webhook(
                 &webhook.description,
                 &webhook.enabled,
                 &webhook.disabled_reason,
+                &webhook.format.as_str(),
             ],
         )
         .await?;

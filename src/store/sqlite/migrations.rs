@@ -114,6 +114,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN traceparent TEXT;
     ALTER TABLE events ADD COLUMN tracestate TEXT;
     "#,
+    // 6: how an endpoint's deliveries are written: `cpod`, `cloudevents` (structured mode) or
+    // `cloudevents-binary`.
+    r#"
+    ALTER TABLE webhooks ADD COLUMN delivery_format TEXT NOT NULL DEFAULT 'cpod';
+    "#,
 ];
 
 /// Brings the schema up to date inside one transaction.
@@ -148,6 +153,36 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn a_database_at_the_trace_version_gets_the_delivery_format_column() {
+        // Version 5 (the trace columns) is what a broker before CloudEvents left.
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 5).unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap();
+        let column = |table: &str, name: &str| -> Option<String> {
+            conn.query_row(
+                &format!("SELECT dflt_value FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [name],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            column("webhooks", "delivery_format").as_deref(),
+            Some("'cpod'")
+        );
+        assert_eq!(column("events", "traceparent"), None);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 6);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::filter::TypePattern;
 use crate::store::webhooks::{
-    AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryRecord, DeliveryStatus, DueDelivery,
-    Lease, NextStep, WebhookPatch, WebhookRecord,
+    AttemptOutcome, AttemptRecord, ClaimRequest, DeliveryFormat, DeliveryRecord, DeliveryStatus,
+    DueDelivery, Lease, NextStep, WebhookPatch, WebhookRecord,
 };
 use crate::store::{StoreError, StoredEvent};
 use crate::trace_context::TraceContext;
@@ -102,7 +102,7 @@ impl WebhookMatchers {
 }
 
 const WEBHOOK_COLUMNS: &str = "id, organization_id, url, types, resource_type, description, enabled, secret, \
-     previous_secret, previous_secret_expires_ms, created_ms, last_success_ms, disabled_reason";
+     previous_secret, previous_secret_expires_ms, created_ms, last_success_ms, disabled_reason, delivery_format";
 
 fn uuid_at(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
     let bytes: Vec<u8> = row.get(index)?;
@@ -127,12 +127,13 @@ fn webhook_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<
         created_ms: row.get(offset + 10)?,
         last_success_ms: row.get(offset + 11)?,
         disabled_reason: row.get(offset + 12)?,
+        format: DeliveryFormat::from_stored(&row.get::<_, String>(offset + 13)?),
     })
 }
 
 pub fn insert_webhook(conn: &Connection, webhook: &WebhookRecord) -> Result<(), StoreError> {
     conn.execute(
-        &format!("INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        &format!("INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
         params![
             webhook.id.as_bytes(),
             webhook.organization_id,
@@ -147,6 +148,7 @@ pub fn insert_webhook(conn: &Connection, webhook: &WebhookRecord) -> Result<(), 
             webhook.created_ms,
             webhook.last_success_ms,
             webhook.disabled_reason,
+            webhook.format.as_str(),
         ],
     )?;
     Ok(())
@@ -204,9 +206,12 @@ pub fn update_webhook(
             webhook.disabled_reason = None;
         }
     }
+    if let Some(format) = patch.format {
+        webhook.format = format;
+    }
     conn.execute(
         "UPDATE webhooks SET url = ?2, types = ?3, resource_type = ?4, description = ?5, enabled = ?6, \
-         disabled_reason = ?7 WHERE id = ?1",
+         disabled_reason = ?7, delivery_format = ?8 WHERE id = ?1",
         params![
             id.as_bytes(),
             webhook.url,
@@ -215,6 +220,7 @@ pub fn update_webhook(
             webhook.description,
             webhook.enabled,
             webhook.disabled_reason,
+            webhook.format.as_str(),
         ],
     )?;
     Ok(webhook)
