@@ -769,7 +769,9 @@ impl SqliteStore {
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await?;
-        if self.inner.space.is_low() {
+        // Measured now, not the flag of the last commit or checkpoint: space another process
+        // took since then counts at once.
+        if self.inner.space.measure() {
             return Err(StoreError::StorageFull);
         }
         Ok(())
