@@ -11,7 +11,6 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -95,18 +94,25 @@ pub fn frame_in(event: &StoredEvent, format: EventFormat) -> Result<Bytes, Encod
     }
 }
 
-/// Several events in one chunk; one event is its frame, uncopied.
-fn frames(events: &[Arc<StoredEvent>], format: EventFormat) -> Result<Bytes, EncodeError> {
-    if let [one] = events {
-        return frame_in(one, format);
-    }
-    // Exact for cPod's frames (`id: ` + id + `\ndata: ` + JSON + blank line); a CloudEvent's
-    // frame is a little longer and grows the chunk once.
-    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| e.json.len() + 52).sum());
-    for event in events {
+/// Several events in one chunk, with how many (`None` for none); one event is its frame,
+/// uncopied. Both stream paths write through this (`crate::http::owned` per subscriber).
+pub fn frames<'a>(
+    mut events: impl Iterator<Item = &'a StoredEvent>,
+    format: EventFormat,
+) -> Result<Option<(Bytes, usize)>, EncodeError> {
+    let Some(first) = events.next() else {
+        return Ok(None);
+    };
+    let Some(second) = events.next() else {
+        return Ok(Some((frame_in(first, format)?, 1)));
+    };
+    let mut chunk = BytesMut::new();
+    let mut count = 0;
+    for event in [first, second].into_iter().chain(events) {
         chunk.put_slice(&frame_in(event, format)?);
+        count += 1;
     }
-    Ok(chunk.freeze())
+    Ok(Some((chunk.freeze(), count)))
 }
 
 /// Stream events as Server-Sent Events.
@@ -267,8 +273,8 @@ impl SseStream {
                     Ok(events) => {
                         self.last_sent = Instant::now();
                         self.delivered.add(events.len());
-                        match frames(&events, self.format) {
-                            Ok(chunk) => return Some(chunk),
+                        match frames(events.iter().map(|e| &**e), self.format) {
+                            Ok(chunk) => return chunk.map(|(chunk, _)| chunk),
                             Err(e) => {
                                 tracing::error!(error = %e, "an SSE stream ends: an event could not be encoded");
                                 return None;

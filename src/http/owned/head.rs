@@ -47,27 +47,25 @@ pub enum HeadError {
 }
 
 impl HeadError {
-    /// The answer to send, if the client is still there to read one.
-    pub fn answer(&self) -> Option<Bytes> {
+    /// The status and the answer to send, if the client is still there to read one.
+    pub fn answer(&self) -> Option<(u16, Bytes)> {
         let error = match self {
             HeadError::TooLarge => {
                 // No handler answers 431, so it is not one of ApiError's cases: the body is the
                 // contract's, as for actix-http's own refusal (`crate::http::connection`).
-                let body =
-                    ErrorBody::new(ErrorCode::RequestHeadersTooLarge, self.to_string(), None);
+                let code = ErrorCode::RequestHeadersTooLarge;
+                let body = ErrorBody::new(code, self.to_string(), None);
                 let mut response = HttpResponse::build(
-                    actix_web::http::StatusCode::from_u16(
-                        ErrorCode::RequestHeadersTooLarge.status(),
-                    )
-                    .expect("the code table holds valid statuses"),
+                    actix_web::http::StatusCode::from_u16(code.status())
+                        .expect("the code table holds valid statuses"),
                 );
-                return Some(response_bytes(response.json(body)));
+                return Some((code.status(), response_bytes(response.json(body))));
             }
             HeadError::Malformed => ApiError::invalid_body(self.to_string()),
             HeadError::TimedOut => ApiError::RequestTimeout(self.to_string()),
             HeadError::Closed => return None,
         };
-        Some(error_answer(&error))
+        Some((error.kind().status(), error_answer(&error)))
     }
 }
 
@@ -202,7 +200,8 @@ authorization: Bearer a\r\nAuthorization: Bearer b\r\nLast-Event-ID: 42\r\n\r\nG
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         let raw = format!("GET /v1/events/stream HTTP/1.1\r\n{many}\r\n");
         assert_eq!(parse_head(raw.as_bytes()), Err(HeadError::TooLarge));
-        let answer = HeadError::TooLarge.answer().unwrap();
+        let (status, answer) = HeadError::TooLarge.answer().unwrap();
+        assert_eq!(status, 431);
         let text = std::str::from_utf8(&answer).unwrap();
         assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();

@@ -140,14 +140,7 @@ async fn open(tcp: &TcpStream, shard: &Shard) -> Result<Opened, Refusal> {
         Ok(request) => request,
         Err(error) => {
             return Err(match error.answer() {
-                Some(answer) => Refusal::Answer(
-                    match error {
-                        head::HeadError::TooLarge => 431,
-                        head::HeadError::TimedOut => 408,
-                        _ => 400,
-                    },
-                    answer,
-                ),
+                Some((status, answer)) => Refusal::Answer(status, answer),
                 None => Refusal::Gone,
             });
         }

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use slab::Slab;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
 use crate::cloudevents::EventFormat;
 use crate::filter::OrgScope;
-use crate::http::sse::{KEEP_ALIVE, frame_of};
+use crate::http::sse::{KEEP_ALIVE, frames};
 use crate::http::state::AppState;
 use crate::hub::{Fanout, Hub};
 use crate::store::StoredEvent;
@@ -290,7 +290,16 @@ fn deliver(subscribers: &Slab<Rc<Subscriber>>, events: &[Arc<StoredEvent>]) -> u
                 .last_position
                 .set(events[events.len() - 1].position);
             Some((
-                whole.get_or_insert_with(|| concatenated(events)).clone(),
+                whole
+                    .get_or_insert_with(|| {
+                        // cPod frames are pre-encoded: they cannot fail, and there are two or more.
+                        frames(events.iter().map(|e| &**e), EventFormat::Cpod)
+                            .ok()
+                            .flatten()
+                            .expect("a chunk of two or more cPod frames")
+                            .0
+                    })
+                    .clone(),
                 events.len(),
             ))
         } else {
@@ -302,14 +311,6 @@ fn deliver(subscribers: &Slab<Rc<Subscriber>>, events: &[Arc<StoredEvent>]) -> u
         }
     }
     delivered
-}
-
-fn concatenated(events: &[Arc<StoredEvent>]) -> Bytes {
-    let mut chunk = BytesMut::with_capacity(events.iter().map(|e| frame_of(e).len()).sum());
-    for event in events {
-        chunk.extend_from_slice(frame_of(event));
-    }
-    chunk.freeze()
 }
 
 /// The shard's task: the hub's messages, the clock, and shutdown.

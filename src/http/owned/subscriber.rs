@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use actix_web::rt::net::TcpStream;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cloudevents::EventFormat;
 use crate::filter::Filter;
-use crate::http::sse::frame_in;
+use crate::http::sse::frames;
 use crate::http::streams::SubscriberGauge;
 use crate::store::StoredEvent;
 
@@ -152,24 +152,13 @@ impl Subscriber {
             return None;
         }
         self.last_position.set(last);
-        let mut wanted = events
+        let wanted = events
             .iter()
-            .filter(|e| e.position > after && self.filter.matches(&e.key()));
-        let first = wanted.next()?;
-        let encoded = (move || {
-            let Some(second) = wanted.next() else {
-                return Ok((frame_in(first, self.format)?, 1));
-            };
-            let mut chunk = BytesMut::new();
-            let mut count = 0;
-            for event in [first, second].into_iter().chain(wanted) {
-                chunk.extend_from_slice(&frame_in(event, self.format)?);
-                count += 1;
-            }
-            Ok::<_, crate::cloudevents::EncodeError>((chunk.freeze(), count))
-        })();
+            .filter(|e| e.position > after && self.filter.matches(&e.key()))
+            .map(|e| &**e);
+        let encoded = frames(wanted, self.format);
         match encoded {
-            Ok(frames) => Some(frames),
+            Ok(frames) => frames,
             Err(e) => {
                 tracing::error!(error = %e, "an SSE stream ends: an event could not be encoded");
                 self.close();
